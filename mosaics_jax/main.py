@@ -63,8 +63,15 @@ def main(argv) -> None:
   from mosaics_jax.train import checkpoint, sharding, trainer  # pylint: disable=import-outside-toplevel
   from mosaics_jax.train.config import ConfigError  # pylint: disable=import-outside-toplevel
 
+  from mosaics_jax.evaluate import moons  # pylint: disable=import-outside-toplevel
+
+  runners = {"language_model": lambda config, workdir: trainer.train_and_evaluate(
+      config, workdir, _MODE.value), "three_moons": moons.run}
+  runner = _CONFIG.value.get("runner", "language_model")
   try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    if runner not in runners:
+      raise ConfigError(f"config.runner={runner!r}: choose one of {sorted(runners)}.")
+    runners[runner](_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError, checkpoint.CheckpointError, sharding.MeshError,
           trainer.TrainingError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)

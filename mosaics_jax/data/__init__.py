@@ -15,7 +15,7 @@ import functools
 import os
 from typing import Any, Callable, Iterator
 
-from mosaics_jax.data import corpus, text, tokenizer as tokenizers
+from mosaics_jax.data import corpus, pipeline, regbench, text, tokenizer as tokenizers
 from mosaics_jax.data.corpus import DataError
 
 
@@ -26,6 +26,7 @@ class Data:
   vocab_size: int
   tokenizer: tokenizers.Tokenizer | None = None
   description: str = ""
+  extras: dict[str, Any] = dataclasses.field(default_factory=dict)  # for evaluators
 
 
 def text_data(config, *, seed: int, workdir: str, process_index: int = 0,
@@ -50,11 +51,32 @@ def text_data(config, *, seed: int, workdir: str, process_index: int = 0,
   description = (f"{len(train_documents):,} training documents ({len(train_stream):,} tokens), "
                  f"{len(validation_documents):,} validation documents "
                  f"({len(validation_stream):,} tokens), vocabulary {tok.vocab_size:,}")
-  return Data(functools.partial(text.train_iterator, batches, config.num_workers), evaluation,
-              tok.vocab_size, tok, description)
+  return Data(functools.partial(pipeline.train_iterator, batches, config.num_workers),
+              evaluation, tok.vocab_size, tok, description)
 
 
-SOURCES = {"text": text_data}
+def regbench_data(config, *, seed: int, workdir: str, process_index: int = 0,
+                  process_count: int = 1) -> Data:
+  """RegBench: N training automata, validation loss on held-out ones (``data/regbench.py``)."""
+  del workdir
+  splits = regbench.make_splits(config.regbench_train_pfas, seed, config.regbench_eval_pfas)
+  batches = regbench.InstanceBatches(splits["train"].instances, config.batch_size, seed,
+                                     bucket=config.regbench_bucket, process_index=process_index,
+                                     process_count=process_count)
+  validation = regbench.InstanceBatches(splits["validation"].instances, config.batch_size, seed,
+                                        bucket=config.regbench_bucket,
+                                        process_index=process_index,
+                                        process_count=process_count, shuffle=False)
+  count = min(config.eval_batches, len(splits["validation"].instances) // config.batch_size)
+  description = (f"RegBench: {config.regbench_train_pfas:,} training automata (one instance "
+                 f"each), {len(splits['test'].pfas)} test and {len(splits['validation'].pfas)} "
+                 "validation automata")
+  return Data(functools.partial(pipeline.train_iterator, batches, config.num_workers),
+              [validation(g) for g in range(max(count, 1))], regbench.VOCAB_SIZE, None,
+              description, extras={"regbench": splits, "bucket": config.regbench_bucket})
+
+
+SOURCES = {"text": text_data, "regbench": regbench_data}
 
 
 def build(config, **kwargs) -> Data:
@@ -64,4 +86,4 @@ def build(config, **kwargs) -> Data:
   return SOURCES[config.source](config, **kwargs)
 
 
-__all__ = ["Data", "DataError", "SOURCES", "build", "text_data"]
+__all__ = ["Data", "DataError", "SOURCES", "build", "regbench_data", "text_data"]

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-from typing import Any, Iterator
 
-import grain
 import numpy as np
-from absl import flags
 
 from mosaics_jax.data.corpus import DataError
 
@@ -100,16 +96,6 @@ def batch_from_windows(windows: np.ndarray, eot: int, with_segments: bool) -> di
   if with_segments:
     batch["segment_ids"] = segments_of(windows, eot)
   return batch
-
-
-def train_iterator(batches: WindowBatches, worker_count: int = 0) -> Iterator[dict[str, Any]]:
-  """An endless, checkpointable grain iterator over ``batches``."""
-  dataset = grain.MapDataset.range(sys.maxsize).map(batches).to_iter_dataset()
-  if worker_count > 0:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; notebooks never parse them
-      flags.FLAGS.mark_as_parsed()
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(dataset)
 
 
 def evaluation_batches(stream: np.ndarray, seq_len: int, global_batch: int, num_batches: int,

@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       restore_step=-1,            # -1: the latest checkpoint
       profile_steps="",           # "START:STOP": a profiler trace of those steps
       peak_flops=0.0,             # per device, for MFU where the device is not in the table
+      evaluators="",              # comma-separated mosaics_jax.evaluate.EVALUATORS to run
   ))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.report = ml_collections.ConfigDict(dict(

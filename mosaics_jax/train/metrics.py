@@ -134,15 +134,18 @@ def format_duration(seconds: float) -> str:
 class Throughput:
   """Tokens/s/device and MFU between log points, excluding the first (compiling) step."""
 
-  def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None,
-               num_steps: int):
-    self.tokens_per_step = tokens_per_step
+  def __init__(self, flops_per_token: float, peak_flops: float | None, num_steps: int):
     self.flops_per_token = flops_per_token
     self.peak_flops = peak_flops
     self.num_steps = num_steps
     self.devices = jax.device_count()
     self._mark = None  # (time, step) after the first step finished
     self._excluded = 0.0
+    self._tokens = 0  # (padded) tokens of the steps since the last update
+
+  def count(self, tokens: int) -> None:
+    """Tokens of a step about to run (batches may vary in length)."""
+    self._tokens += tokens
 
   def exclude(self, seconds: float) -> None:
     """Time spent outside training steps (evaluation, checkpoint saves) since the last update."""
@@ -151,6 +154,7 @@ class Throughput:
   def update(self, step: int) -> dict[str, float]:
     """Call after the step's results are on the host; returns rates since the last call."""
     now = time.time()
+    counted, self._tokens = self._tokens, 0
     if self._mark is None:
       self._mark, self._excluded = (now, step), 0.0
       return {}
@@ -158,7 +162,7 @@ class Throughput:
     self._mark, self._excluded = (now, step), 0.0
     if steps <= 0 or elapsed <= 0:
       return {}
-    tokens = self.tokens_per_step * steps / elapsed / self.devices
+    tokens = counted / elapsed / self.devices
     rates = {"tokens_per_second_per_device": tokens,
              "tflops_per_device": tokens * self.flops_per_token / 1e12,
              "eta_seconds": (self.num_steps - step) * elapsed / steps}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -48,7 +49,18 @@ def write(workdir: str, results: dict, data_description: str) -> str:
     rows.append(f"| {name} | {kind} | {result.parameters:,} | {result.step} | "
                 f"{loss:.4f} | {math.exp(loss):.2f} |" if loss is not None else
                 f"| {name} | {kind} | {result.parameters:,} | {result.step} | - | - |")
+  extra = sorted({key for result in results.values() for key in result.metrics})
+  if extra:
+    rows[0] += " " + " | ".join(extra) + " |"
+    rows[1] += " ---: |" * len(extra)
+    for row, result in zip(range(2, len(rows)), results.values()):
+      rows[row] += " " + " | ".join(f"{result.metrics[k]:.4f}" if k in result.metrics else "-"
+                                    for k in extra) + " |"
   table = "\n".join(rows)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({name: {"parameters": r.parameters, "step": r.step,
+                      "validation_loss": r.validation_loss, "metrics": r.metrics}
+               for name, r in results.items()}, f, indent=2)
   lines = ["# Results", "", f"Data: {data_description}.", "", table, "",
            "![loss curves](loss_curves.png)", "", "## Samples", ""]
   for name, result in results.items():

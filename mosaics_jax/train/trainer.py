@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from mosaics_jax import data as data_lib
+from mosaics_jax import evaluate as evaluate_lib
 from mosaics_jax import generate, losses, models
 from mosaics_jax.train import checkpoint, metrics, optimizer as optimizer_lib, report, sharding
 from mosaics_jax.train.config import ConfigError, model_config
@@ -54,6 +55,7 @@ class RunResult:
   validation_loss: float | None = None
   samples: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   preempted: bool = False
+  metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # from the evaluators
   params: Any = None  # the final parameters (sharded device arrays), e.g. for generation
 
 
@@ -278,6 +280,13 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir: 
 
   result.validation_loss = evaluate(program.eval_step, state.params, data.evaluation, mesh)
   log(f"[{name}] validation loss {result.validation_loss:.4f} at step {result.step}")
+  for evaluator in (e.strip() for e in config.train.evaluators.split(",") if e.strip()):
+    if evaluator not in evaluate_lib.EVALUATORS:
+      raise ConfigError(f"train.evaluators names {evaluator!r}; known: "
+                        f"{sorted(evaluate_lib.EVALUATORS)}.")
+    result.metrics.update(evaluate_lib.EVALUATORS[evaluator](program.model, state.params, data,
+                                                             config))
+    log(f"[{name}] {evaluator}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
   if data.tokenizer is not None and config.report.prompts:
     prompts = [[data.tokenizer.eot_id] + ids for ids in data.tokenizer.encode(config.report.prompts)]
     continuations = generate.sample(
@@ -294,8 +303,7 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
   """Steps from ``step`` until num_steps or preemption; returns (state, step, preempted)."""
   cfg_train, num_steps = config.train, config.train.num_steps
   writer = metrics.MetricWriter(run_dir)
-  throughput = metrics.Throughput(config.data.batch_size * config.data.seq_len,
-                                  program.flops_per_token,
+  throughput = metrics.Throughput(program.flops_per_token,
                                   metrics.device_peak_flops(override=cfg_train.peak_flops),
                                   num_steps)
   profile = _profile_window(cfg_train.profile_steps)
@@ -305,7 +313,9 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
     while step < num_steps:
       if profile and step == profile[0]:
         jax.profiler.start_trace(os.path.join(run_dir, "profile"))
-      batch = sharding.global_batch(next(train_iter), mesh)
+      local_batch = next(train_iter)
+      throughput.count(local_batch["inputs"].size * jax.process_count())
+      batch = sharding.global_batch(local_batch, mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_metrics = program.train_step(state, batch)
       step += 1

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mosaics_jax.data import text, tokenizer as tokenizers
+from mosaics_jax.data import pipeline, text, tokenizer as tokenizers
 from mosaics_jax.data.corpus import DataError
 
 EOT = 2
@@ -74,12 +74,12 @@ def test_process_slices_tile_the_global_batch():
 
 def test_iterator_state_resumes_exactly():
   batches = text.WindowBatches(_stream(), 8, 4, "documents", 1, EOT)
-  iterator = text.train_iterator(batches)
+  iterator = pipeline.train_iterator(batches)
   for _ in range(3):
     next(iterator)
   state = iterator.get_state()
   expected = [next(iterator)["inputs"] for _ in range(2)]
-  resumed = text.train_iterator(batches)
+  resumed = pipeline.train_iterator(batches)
   resumed.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(resumed)["inputs"], want)
@@ -117,12 +117,12 @@ def test_tokenizer_trains_caches_and_round_trips(tmp_path):
 
 def test_worker_processes_give_the_same_batches_and_state():
   batches = text.WindowBatches(_stream(), 8, 4, "random_windows", 5, EOT)
-  in_process = text.train_iterator(batches)
-  with_workers = text.train_iterator(batches, worker_count=2)
+  in_process = pipeline.train_iterator(batches)
+  with_workers = pipeline.train_iterator(batches, worker_count=2)
   for _ in range(4):
     np.testing.assert_array_equal(next(with_workers)["inputs"], next(in_process)["inputs"])
   state = with_workers.get_state()
   expected = next(in_process)["inputs"]
-  resumed = text.train_iterator(batches, worker_count=2)
+  resumed = pipeline.train_iterator(batches, worker_count=2)
   resumed.set_state(state)
   np.testing.assert_array_equal(next(resumed)["inputs"], expected)

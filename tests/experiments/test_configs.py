@@ -8,7 +8,9 @@ import pytest
 from experiments import registry
 from mosaics_jax.train.config import model_config
 
-SMALL_ARG = {"quickstart": "tiny", "babistories_v1": "cpu", "v2_pretraining": "cpu"}
+SMALL_ARG = {"quickstart": "tiny", "babistories_v1": "cpu", "v2_pretraining": "cpu",
+             "three_moons": "tiny", "regbench": "tiny"}
+FULL_ARG = {"v2_pretraining": "small"}  # the others run on an empty argument
 
 
 def test_every_experiment_has_a_small_argument():
@@ -21,13 +23,12 @@ def test_config_documents_itself_and_is_locked(name):
   for heading in ("Command", "Hardware", "Expected result"):
     assert re.search(heading, doc), f"{name}: the docstring needs a '{heading}' paragraph"
   assert f"experiments/configs/{name}.py" in doc
-  for arg in ("", SMALL_ARG[name]):
-    config = registry.get_config(name, arg) if arg or name != "v2_pretraining" else \
-        registry.get_config(name, "small")
+  for arg in (FULL_ARG.get(name, ""), SMALL_ARG[name]):
+    config = registry.get_config(name, arg)
     assert isinstance(config, ml_collections.ConfigDict) and config.is_locked
     with pytest.raises(AttributeError):
       config.train.num_stepz = 1  # typos fail
-    for model_name, section in config.models.items():
+    for model_name, section in config.get("models", {}).items():
       built = model_config(model_name, section, vocab_size=config.data.tokenizer.vocab_size)
       assert built.context_length >= config.data.seq_len or built.position != "learned"
 

@@ -70,10 +70,12 @@ def test_flops_count_the_memories_visible_pairs():
 def test_throughput_excludes_the_first_step_and_pauses(monkeypatch):
   clock = iter([10.0, 12.0, 20.0])
   monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
-  meter = metrics.Throughput(tokens_per_step=1000, flops_per_token=6e6, peak_flops=1e12,
-                             num_steps=100)
+  meter = metrics.Throughput(flops_per_token=6e6, peak_flops=1e12, num_steps=100)
+  meter.count(1000)
   assert meter.update(1) == {}  # compile step
   meter.exclude(1.0)
+  meter.count(1000)
+  meter.count(1000)
   rates = meter.update(3)  # 2 steps in 2 s minus 1 s paused
   assert rates["tokens_per_second_per_device"] == pytest.approx(2000 / jax.device_count())
   line = metrics.progress_line(3, 100, {"loss": 2.5, "learning_rate": 1e-3, "grad_norm": 0.5,

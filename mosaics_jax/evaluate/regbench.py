@@ -1,0 +1,143 @@
+r"""RegBench evaluation (v1 Figure 9): accuracy and total variation distance to the exact
+next-token distributions, on new automata (test) and on the training ones (in distribution).
+
+* ``evaluate(model, params, data, config)``: the trainer's evaluator (``config.train.evaluators
+  = "regbench"``): metrics of one trained model.
+* ``python -m mosaics_jax.evaluate.regbench --workdirs=DIR,DIR,... --output=DIR``: collects the
+  runs of a sweep over the number of training automata N into a table (with the in-context
+  n-gram baselines and the paper's numbers) and a plot like Figure 9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mosaics_jax.data import regbench
+
+# v1 paper, Figure 9 (digitised, see ../shared/spec/benchmarks.md 1.7): N -> (accuracy, TVD).
+PAPER = {
+    "mosaic": {100: (0.925, 0.569), 500: (0.929, 0.253), 1000: (0.934, 0.215),
+               2500: (0.941, 0.186), 40000: (0.96, 0.122)},
+    "transformer": {100: (0.523, 0.683), 500: (0.543, 0.64), 1000: (0.533, 0.63),
+                    2500: (0.924, 0.231), 40000: (0.950, 0.144)},
+}
+SPLITS = ("test", "in_distribution")
+
+
+def model_distributions(model, params, instances, batch_size: int = 32,
+                        bucket: int = 64) -> list[np.ndarray]:
+  """The model's next-token distributions (len - 1, 20) for every instance."""
+  apply = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x), axis=-1))
+  order = np.argsort([len(x) for x in instances], kind="stable")
+  out: list[np.ndarray | None] = [None] * len(instances)
+  for start in range(0, len(order), batch_size):
+    members = order[start:start + batch_size]
+    width = -(-(max(len(instances[i]) for i in members) - 1) // bucket) * bucket
+    inputs = np.stack([regbench.training_pair(instances[i], width)[0] for i in members])
+    probabilities = np.asarray(jax.device_get(apply(params, jnp.asarray(inputs))))
+    for row, i in enumerate(members):
+      out[i] = probabilities[row, :len(instances[i]) - 1].astype(np.float64)
+  return out
+
+
+def evaluate(model, params, data, config) -> dict[str, float]:
+  """Accuracy and TVD on the test automata and on fresh instances of training automata."""
+  splits = data.extras["regbench"]
+  metrics = {}
+  for name in SPLITS:
+    split = splits[name]
+    scores = regbench.score(model_distributions(model, params, split.instances,
+                                                config.data.batch_size, data.extras["bucket"]),
+                            split.distributions())
+    metrics.update({f"{name}_{key}": value for key, value in scores.items()})
+  return metrics
+
+
+def ngram_baselines(num_train: int, seed: int, held_out: int = regbench.TEST_PFAS,
+                    orders=(1, 2, 3, 4)) -> dict[str, dict]:
+  """In-context n-gram scores on the test automata of a run."""
+  test = regbench.make_splits(num_train, seed, held_out)["test"]
+  true = test.distributions()
+  return {f"{n}-gram": regbench.score([regbench.ngram_distributions(x, n)
+                                       for x in test.instances], true) for n in orders}
+
+
+def collect(workdirs, output: str) -> str:
+  """Table and plot of a sweep: each workdir is one N (its config.json says which)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  rows = []
+  for workdir in workdirs:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+    with open(os.path.join(workdir, "results.json")) as f:
+      results = json.load(f)
+    n = config["data"]["regbench_train_pfas"]
+    baselines = ngram_baselines(n, config["seed"], config["data"]["regbench_eval_pfas"])
+    rows.append((n, results, baselines))
+  rows.sort(key=lambda row: row[0])
+  lines = ["| N | model | test accuracy | test TVD | paper accuracy | paper TVD | "
+           "in-distribution accuracy | in-distribution TVD |",
+           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for n, results, baselines in rows:
+    for name, result in results.items():
+      metrics = result["metrics"]
+      paper = PAPER.get(name, {}).get(n)
+      lines.append(f"| {n} | {name} | {metrics['test_accuracy']:.3f} | {metrics['test_tvd']:.3f} "
+                   f"| {paper[0] if paper else '-'} | {paper[1] if paper else '-'} | "
+                   f"{metrics['in_distribution_accuracy']:.3f} | "
+                   f"{metrics['in_distribution_tvd']:.3f} |")
+    for name, scores in baselines.items():
+      lines.append(f"| {n} | in-context {name} | {scores['accuracy']:.3f} | {scores['tvd']:.3f} "
+                   "| | | | |")
+  table = "\n".join(lines) + "\n"
+  os.makedirs(output, exist_ok=True)
+  figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for index, name in enumerate(sorted({m for _, results, _ in rows for m in results})):
+    ns = [n for n, results, _ in rows if name in results]
+    for axis, key in zip(axes, ("test_accuracy", "test_tvd")):
+      axis.plot(ns, [r[name]["metrics"][key] for _, r, _ in rows if name in r], "o-",
+                color=f"C{index}", label=f"{name} (ours)")
+      paper = PAPER.get(name, {})
+      axis.plot(sorted(paper), [paper[k][0 if key == "test_accuracy" else 1]
+                                for k in sorted(paper)], "x:", color=f"C{index}",
+                label=f"{name} (paper)")
+  for axis, label in zip(axes, ("accuracy (greedy token is legal)", "total variation distance")):
+    axis.set_xscale("log")
+    axis.set_xlabel("training automata N")
+    axis.set_ylabel(label)
+    axis.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(os.path.join(output, "regbench.png"), dpi=120)
+  plt.close(figure)
+  with open(os.path.join(output, "regbench.md"), "w") as f:
+    f.write(table)
+  print(table)
+  return table
+
+
+def main(argv) -> None:
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
+
+  cli.quiet_logging()
+  collect([d for d in flags.FLAGS.workdirs.split(",") if d], flags.FLAGS.output)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("workdirs", None, "Comma-separated workdirs of regbench runs (one per N).")
+  flags.DEFINE_string("output", "regbench_results", "Where to write regbench.md and the plot.")
+  flags.mark_flag_as_required("workdirs")
+  app.run(main)
