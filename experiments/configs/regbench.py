@@ -33,7 +33,7 @@ import itertools
 import math
 
 from mosaics_jax.data.regbench import VOCAB_SIZE
-from mosaics_jax.train.config import base_config, model_section
+from mosaics_jax.train.config import base_config, model_section, parse_arg
 
 SEARCH_SPACE = dict(width=(64, 128, 256, 512, 1024), layers=(1, 2, 4, 8, 12), heads=(1, 2, 4),
                     epochs=(200, 400), lr=(1e-4, 2.5e-4), wd=(0.01, 0.1))
@@ -47,22 +47,8 @@ def search_grid() -> list[str]:
           for values in itertools.product(*(SEARCH_SPACE[k] for k in keys))]
 
 
-def parse(arg: str) -> dict:
-  """'n=1000,cpu,width=256' -> {'n': 1000, 'cpu': True, 'width': 256}."""
-  out = {}
-  for item in filter(None, (s.strip() for s in arg.split(","))):
-    key, _, value = item.partition("=")
-    out[key] = True if not value else (float(value) if "." in value or "e" in value
-                                       else int(value))
-  unknown = set(out) - {"n", "cpu", "tiny"} - set(SEARCH_SPACE)
-  if unknown:
-    raise ValueError(f"Unknown regbench arguments {sorted(unknown)}; use n=, cpu, tiny, "
-                     f"{', '.join(f'{k}=' for k in SEARCH_SPACE)}.")
-  return out
-
-
 def get_config(arg: str = "n=1000"):
-  args = parse(arg)
+  args = parse_arg(arg, ("n", "cpu", "tiny", *SEARCH_SPACE), "regbench")
   tiny, cpu, n = args.get("tiny", False), args.get("cpu", False), args.get("n", 1000)
   width, layers, heads = args.get("width", 128), args.get("layers", 2), args.get("heads", 8)
   if tiny:
@@ -85,8 +71,11 @@ def get_config(arg: str = "n=1000"):
                                             attention_dropout=0.1, residual_dropout=0.0)
   steps = math.ceil(n / config.data.batch_size) * args.get("epochs", 200)
   lr = args.get("lr", 5e-4)
-  if cpu or tiny:
-    steps, lr = (6, 3e-3) if tiny else (120, 2e-3)
+  if tiny:
+    steps, lr = 6, 3e-3
+  elif cpu:
+    config.data.batch_size = 16
+    steps, lr = 80, 2e-3
   config.optimizer.learning_rate, config.optimizer.min_learning_rate = lr, lr / 10
   config.optimizer.warmup_steps = max(steps // 10, 1)
   config.optimizer.weight_decay = args.get("wd", 0.1)

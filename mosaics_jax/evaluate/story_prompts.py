@@ -97,12 +97,7 @@ def main(argv) -> None:
   values = flags.FLAGS
   columns = {}
   for spec in values.run:
-    workdir, _, name = spec.rpartition(":")
-    if not workdir or not name:
-      raise ValueError(f"--run={spec!r}: use WORKDIR:MODEL, e.g. /tmp/quickstart:mosaic.")
-    run = checkpoint.load_run(workdir, name)
-    if run.tokenizer is None:
-      raise ValueError(f"{workdir} has no tokenizer to read the prompts with.")
+    _, name, run = checkpoint.load_run_flag(spec, reading="the prompts")
     columns[f"{name} (step {run.step})"] = continue_prompts(run, max_new_tokens=values.tokens)
   table = markdown_table(PROMPTS, columns)
   header = ("# Story prompts\n\nGreedy continuations of the 24 prompts of Eldan & Li (2023), "

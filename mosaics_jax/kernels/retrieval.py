@@ -109,6 +109,22 @@ def retrieval_weights(queries: jax.Array, keys: jax.Array, *, skip=1,
   return unnormalised / jnp.where(total > 0, total, 1.0)
 
 
+def last_query_weights(queries: jax.Array, keys: jax.Array, *, skip=1,
+                       window: int | None = None, segment_ids: jax.Array | None = None,
+                       query_scale: jax.Array | None = None,
+                       bias: jax.Array | None = None) -> jax.Array:
+  """Retrieval weights (B, H, T) of the last query over every position: what the attention
+  analyses (v1 Figures 14-16) average. ``query_scale`` (..., T, H) and ``bias``
+  (1|B, H, T, T) as in ``retrieve``."""
+  length = queries.shape[1]
+  return retrieval_weights(
+      queries[:, -1:], keys, skip=skip, window=window,
+      segment_ids=None if segment_ids is None else segment_ids[:, -1:],
+      key_segment_ids=segment_ids, bias=None if bias is None else bias[:, :, -1:],
+      query_scale=None if query_scale is None else query_scale[..., -1:, :],
+      query_positions=jnp.array([length - 1]))[:, :, 0]
+
+
 def retrieve_reference(queries, keys, values, *, skip=1, window=None, segment_ids=None,
                        query_scale=None, bias=None, dropout_rate: float = 0.0,
                        dropout_rng: jax.Array | None = None, query_positions=None,

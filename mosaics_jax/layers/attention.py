@@ -93,9 +93,13 @@ class Attention(nn.Module):
       out = cache.read(query, key, value, segment_ids, chunk, skip=skip, window=self.window,
                        alibi_slopes=slopes)
     else:
+      bias = alibi_bias(self.num_heads, x.shape[1]) if alibi else None
+      if self.is_mutable_collection("intermediates"):  # attention analyses
+        self.sow("intermediates", "last_query_weights", retrieval.last_query_weights(
+            query, key, skip=skip, window=self.window, segment_ids=segment_ids, bias=bias))
       out = retrieval.retrieve(
           query, key, value, skip=skip, window=self.window, segment_ids=segment_ids,
-          bias=alibi_bias(self.num_heads, x.shape[1]) if alibi else None, dropout_rate=dropout,
+          bias=bias, dropout_rate=dropout,
           dropout_rng=self.make_rng("dropout") if dropout > 0.0 else None,
           implementation=self.implementation)
     out = nn.with_logical_constraint(out, axes.PER_HEAD)

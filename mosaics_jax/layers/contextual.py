@@ -87,6 +87,9 @@ class ContextualMemory(nn.Module):
       out = cache.read(keys, keys, values, segment_ids, chunk, skip=1,
                        previous_value=previous * value_scale)
     else:
+      if self.is_mutable_collection("intermediates"):  # attention analyses
+        self.sow("intermediates", "last_query_weights",
+                 retrieval.last_query_weights(keys, keys, skip=1, segment_ids=segment_ids))
       out = retrieval.retrieve(
           keys, keys, values, skip=1, segment_ids=segment_ids, dropout_rate=dropout,
           dropout_rng=self.make_rng("dropout") if dropout > 0.0 else None,
@@ -165,6 +168,10 @@ class GatedMemory(nn.Module):
       out = cache.read(keys, keys, values, segment_ids, chunk, skip=skip, window=self.window,
                        previous_value=previous * value_scale, query_scale=bandwidth)
     else:
+      if self.is_mutable_collection("intermediates"):  # attention analyses
+        self.sow("intermediates", "last_query_weights", retrieval.last_query_weights(
+            keys, keys, skip=skip, window=self.window, segment_ids=segment_ids,
+            query_scale=bandwidth))
       out = retrieval.retrieve(keys, keys, values, skip=skip, window=self.window,
                                segment_ids=segment_ids, query_scale=bandwidth,
                                implementation=self.implementation)

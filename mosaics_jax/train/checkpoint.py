@@ -137,6 +137,18 @@ def load_run(workdir: str, name: str, step: int | None = None) -> Run:
   return Run(model, state["params"], _tokenizer(workdir), step)
 
 
+def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:
+  """(workdir, model name, run) of a command-line ``--run=WORKDIR:MODEL``; with ``reading``
+  (what the run will read), a run without a tokenizer fails."""
+  workdir, _, name = spec.rpartition(":")
+  if not workdir or not name:
+    raise ValueError(f"--run={spec!r}: use WORKDIR:MODEL, e.g. /tmp/quickstart:mosaic.")
+  run = load_run(workdir, name)
+  if reading and run.tokenizer is None:
+    raise ValueError(f"{workdir} has no tokenizer to read {reading} with.")
+  return workdir, name, run
+
+
 def _tokenizer(workdir: str) -> Tokenizer | None:
   """The experiment's tokenizer: its given model file, else the one trained in workdir/data."""
   config_path = os.path.join(workdir, "config.json")

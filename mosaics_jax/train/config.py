@@ -24,6 +24,28 @@ class ConfigError(ValueError):
   """A config that cannot run; the message names the field."""
 
 
+def parse_arg(arg: str, allowed, experiment: str) -> dict:
+  """A config argument 'n=1000,cpu,lr=2.5e-4' -> {'n': 1000, 'cpu': True, 'lr': 0.00025}; a key
+  outside ``allowed`` fails with the list of known ones."""
+  out = {}
+  for item in filter(None, (part.strip() for part in arg.split(","))):
+    key, _, value = item.partition("=")
+    if not value:
+      out[key] = True
+    else:
+      try:
+        out[key] = int(value)
+      except ValueError:
+        try:
+          out[key] = float(value)
+        except ValueError:
+          out[key] = value
+  unknown = sorted(set(out) - set(allowed))
+  if unknown:
+    raise ValueError(f"Unknown {experiment} arguments {unknown}; known: {', '.join(allowed)}.")
+  return out
+
+
 def model_section(preset: str, **overrides) -> ml_collections.ConfigDict:
   """A preset of ``mosaics_jax.models`` as an editable config section; ``vocab_size=0`` means
   the tokenizer's vocabulary (rounded up to a multiple of 64)."""

@@ -155,3 +155,18 @@ def test_automatic_choice_and_bad_arguments():
     retrieval.retrieve(q[0], k[0], v[0])
   with pytest.raises(ValueError, match="traced skip"):
     jax.jit(lambda m: retrieval.retrieve(q, k, v, skip=m, window=4, implementation="xla"))(2)
+
+
+@pytest.mark.parametrize("window,with_segments,with_bias", [(None, False, False), (5, True, True)])
+def test_last_query_weights_are_the_last_row(window, with_segments, with_bias):
+  b, t, h, d = 2, 12, 3, 4
+  q, k = (jax.random.normal(key, (b, t, h, d)) for key in jax.random.split(jax.random.key(3)))
+  segment_ids = jnp.array([[1] * 4 + [2] * 8, [1] * 12]) if with_segments else None
+  bias = jax.random.normal(jax.random.key(4), (1, h, t, t)) if with_bias else None
+  scale = jax.random.uniform(jax.random.key(5), (b, t, h), minval=0.5, maxval=2.0)
+  for skip in (0, 1):
+    full = retrieval.retrieval_weights(q, k, skip=skip, window=window, segment_ids=segment_ids,
+                                       bias=bias, query_scale=scale)
+    last = retrieval.last_query_weights(q, k, skip=skip, window=window, segment_ids=segment_ids,
+                                        bias=bias, query_scale=scale)
+    np.testing.assert_allclose(last, full[:, :, -1], atol=1e-6)

@@ -1,0 +1,99 @@
+"""Language-model analyses (v1 Figures 7, 8, 13-16): position loss, attention maps, depth
+curves; units on synthetic inputs, then the command lines on a tiny trained experiment."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import registry
+from mosaics_jax import models
+from mosaics_jax.data import corpus
+from mosaics_jax.evaluate import attention_maps, depth_curves, position_loss
+from mosaics_jax.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+OOD_TEXT = str(REPO.parent / "shared" / "data" / "simplewiki_turkcorpus" /
+               "test.8turkers.tok.simp")
+
+
+def test_smoothing_and_crossover():
+  np.testing.assert_allclose(position_loss.smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2),
+                             [1.0, 2.0, 4.0, 6.0])
+  positions = np.arange(100.0)
+  falling, flat = 5.0 - positions / 25, np.full(100, 3.0)
+  assert position_loss.crossover(falling, flat, width=1) == 51  # 5 - p/25 < 3 from p = 51
+  assert position_loss.crossover(flat, falling, width=1) is None
+  assert position_loss.crossover(flat - 1, flat, width=1) == 0
+  with pytest.raises(corpus.DataError, match="fewer than one window"):
+    position_loss.consecutive_windows(np.arange(10), 16, 4)
+
+
+def test_position_losses_average_per_position():
+  model = models.build_model(models.model_config(
+      "mosaic_v1_gpt2_small", num_layers=1, embed_dim=16, num_heads=2, vocab_size=64,
+      persistent_slots=8))
+  params = models.init_params(model, jax.random.key(0))
+  windows = position_loss.consecutive_windows(np.arange(200) % 64, 16, 5)
+  assert windows.shape == (5, 17)
+  curve = position_loss.position_losses(model, params, windows, batch_size=4)  # a ragged batch
+  logits = model.apply({"params": params}, windows[:, :-1])
+  expected = -np.take_along_axis(jax.nn.log_softmax(logits), windows[:, 1:, None], -1)[..., 0]
+  np.testing.assert_allclose(curve, expected.mean(0), rtol=1e-5)
+
+
+def test_peak_width_and_leaky_coefficients():
+  weights = np.array([0.0, 0.01, 0.02, 0.3, 0.5, 0.6, 0.0])  # last position unreadable (skip 1)
+  assert attention_maps.peak_width(weights) == 3  # 0.6, 0.5, 0.3 >= 0.3; then 0.02
+  assert attention_maps.peak_width(np.ones(5), skip=0) == 5
+  params = {"block_0": {"context": {"keys": {"leak": np.array([0.05, -0.2])}}},
+            "block_1": {"persistent": {}}}
+  np.testing.assert_allclose(attention_maps.leaky_coefficients(params)["block_0/context"],
+                             np.exp([-0.5, -2.0]))
+
+
+def _run(module, *args):
+  out = subprocess.run([sys.executable, "-m", f"mosaics_jax.evaluate.{module}", *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout
+
+
+@pytest.mark.slow
+def test_command_lines_on_a_tiny_experiment(tmp_path):
+  if not pathlib.Path(OOD_TEXT).exists():
+    pytest.skip(f"{OOD_TEXT} not available")
+  workdirs = []
+  for depth in (1, 2):
+    workdir = tmp_path / f"d{depth}"
+    config = registry.get_config("babistories_v1", f"tiny,depth={depth}" +
+                                 (",positions" if depth == 1 else ""))
+    trainer.train_and_evaluate(config, str(workdir))
+    workdirs.append(str(workdir))
+
+  runs = depth_curves.collect(workdirs)
+  assert sorted(runs) == [1, 2] and set(runs[1]) == {"mosaic", "transformer", "transformer_rope",
+                                                     "transformer_alibi"}
+  _run("depth_curves", f"--workdirs={','.join(workdirs)}", f"--output={tmp_path / 'curves'}")
+  assert (tmp_path / "curves" / "depth_curves.png").stat().st_size > 10_000
+  assert "| 2 |" in (tmp_path / "curves" / "depth_curves.md").read_text()
+
+  out = _run("position_loss", f"--run={workdirs[0]}:mosaic", f"--run={workdirs[0]}:transformer",
+             f"--text={OOD_TEXT}", "--windows=4", f"--output={tmp_path / 'ood'}")
+  summary = json.loads((tmp_path / "ood" / "position_loss.json").read_text())
+  assert summary["seq_len"] == 32 and summary["windows"] == 4
+  assert [len(c) for c in summary["curves"].values()] == [32, 32] and "better than" in out
+
+  out = _run("attention_maps", *(f"--run={workdirs[0]}:{name}" for name in runs[1]),
+             f"--text={OOD_TEXT}", "--windows=3", "--multiples=1,3",
+             f"--output={tmp_path / 'maps'}")
+  summary = json.loads((tmp_path / "maps" / "attention_maps.json").read_text())
+  assert {"mosaic_1x", "mosaic_3x", "transformer_1x", "transformer_rope_3x",
+          "transformer_alibi_3x"} <= set(summary) and "transformer_3x" not in summary
+  assert summary["mosaic_3x"]["length"] == 96
+  assert len(summary["mosaic_1x"]["leaky_vs_width"]["heads"]) == 2  # one block of 2 heads
+  assert (tmp_path / "maps" / "mosaic_3x.png").stat().st_size > 5_000
