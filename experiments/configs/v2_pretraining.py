@@ -24,7 +24,7 @@ cores, measured 2026-11-22): validation loss 3.63 for Memory Mosaic v2, 3.73 for
 transformer.
 """
 
-from mosaics_jax.train.config import base_config, model_section
+from mosaics_jax.train.config import base_config, model_section, parse_arg
 
 SIZES = {
     "small": ("mosaic_v2_small", "llama_small", 3e-4, 1024, 48_000),
@@ -34,30 +34,52 @@ SIZES = {
 
 
 def get_config(arg: str = "small"):
-  cpu = arg == "cpu"
-  if not cpu and arg not in SIZES:
-    raise ValueError(f"v2_pretraining takes one of {sorted(SIZES)} or 'cpu', got {arg!r}.")
-  mosaic, llama, lr, batch, steps = SIZES["gpt2" if cpu else arg]
+  args = parse_arg(arg, (*SIZES, "cpu", "tiny", "ablations"), "v2_pretraining")
+  cpu, tiny = args.get("cpu", False), args.get("tiny", False)
+  sizes = [name for name in SIZES if name in args]
+  if len(sizes) + cpu + tiny != 1:
+    raise ValueError(f"v2_pretraining takes one of {sorted(SIZES)}, 'cpu' or 'tiny' (and "
+                     f"optionally ',ablations'), got {arg!r}.")
+  mosaic, llama, lr, batch, steps = SIZES[sizes[0] if sizes else "gpt2"]
   config = base_config()
   config.data.packing = "documents"
   config.data.seq_len, config.data.batch_size = 4096, batch
   config.data.tokenizer.vocab_size = 32000
-  config.models.mosaic = model_section(mosaic, vocab_size=0)
-  config.models.transformer = model_section(llama, vocab_size=0)
+  size, memories = dict(vocab_size=0), {}
+  mosaic_size, llama_size = {}, {}
   config.optimizer.learning_rate, config.optimizer.min_learning_rate = lr, lr / 100
   config.train.num_steps = steps
-  if cpu:
+  if cpu or tiny:
     config.data.train_files = "package:tinystories/train.txt"
     config.data.validation_files = "package:tinystories/validation.txt"
     config.data.tokenizer.vocab_size = 2048
     config.data.seq_len, config.data.batch_size, config.data.eval_batches = 256, 8, 4
     memories = dict(short_term_window=32, long_term_skip_train=(8, 32), long_term_skip_eval=8)
     size = dict(num_layers=2, embed_dim=128, num_heads=4, context_length=256, vocab_size=0)
-    config.models.mosaic = model_section(mosaic, **size, **memories, ffn_hidden_dim=384)
-    config.models.transformer = model_section(llama, **size, mlp_hidden_dim=384)
+    mosaic_size, llama_size = dict(ffn_hidden_dim=384), dict(mlp_hidden_dim=384)
     config.optimizer.learning_rate, config.optimizer.min_learning_rate = 3e-3, 3e-5
     config.optimizer.warmup_steps = 20
     config.train.num_steps, config.train.log_every, config.train.eval_every = 150, 25, 75
     config.train.checkpoint_every = 75
+  if tiny:
+    config.data.tokenizer.vocab_size = 512
+    config.data.seq_len, config.data.eval_batches = 64, 1
+    memories = dict(short_term_window=8, long_term_skip_train=(2, 8), long_term_skip_eval=2)
+    size.update(num_layers=1, embed_dim=32, num_heads=2, context_length=64)
+    mosaic_size, llama_size = dict(ffn_hidden_dim=64), dict(mlp_hidden_dim=64)
+    config.optimizer.warmup_steps = 2
+    config.train.num_steps, config.train.log_every, config.train.eval_every = 4, 2, 4
+    config.train.checkpoint_every = 4
+  config.models.mosaic = model_section(mosaic, **size, **memories, **mosaic_size)
+  config.models.transformer = model_section(llama, **size, **llama_size)
+  if args.get("ablations"):
+    # Windows that cross documents, so that lengths past the training context can be tested
+    # (the stories are shorter than it); m fixed at its inference value; v2 Fig. 5's control.
+    config.data.packing = "random_windows"
+    fixed = model_section(mosaic, **size, **memories, **mosaic_size).long_term_skip_eval
+    config.models.mosaic_fixed_m = model_section(
+        mosaic, **size, **{**memories, "long_term_skip_train": (fixed, fixed)}, **mosaic_size)
+    config.models.transformer_long_short = model_section(
+        llama, **size, **memories, **llama_size, long_short_attention=True)
   config.lock()
   return config

@@ -13,7 +13,7 @@ import pytest
 from experiments import registry
 from mosaics_jax import models
 from mosaics_jax.data import corpus
-from mosaics_jax.evaluate import attention_maps, depth_curves, position_loss
+from mosaics_jax.evaluate import attention_maps, depth_curves, extrapolation, position_loss
 from mosaics_jax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -97,3 +97,37 @@ def test_command_lines_on_a_tiny_experiment(tmp_path):
   assert summary["mosaic_3x"]["length"] == 96
   assert len(summary["mosaic_1x"]["leaky_vs_width"]["heads"]) == 2  # one block of 2 heads
   assert (tmp_path / "maps" / "mosaic_3x.png").stat().st_size > 5_000
+
+
+def test_removing_the_long_term_memory_is_zeroing_its_projection():
+  config = models.model_config("mosaic_v2_small", num_layers=2, embed_dim=32, num_heads=2,
+                               vocab_size=64, ffn_hidden_dim=64, short_term_window=4,
+                               long_term_skip_train=(2, 4), long_term_skip_eval=2)
+  model = models.build_model(config)
+  params = models.init_params(model, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, 64)
+  ablated, ablated_params = extrapolation.without_long_term(model, params)
+  zeroed = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 0 if "long_term" in jax.tree_util.keystr(path) else x, params)
+  np.testing.assert_allclose(ablated.apply({"params": ablated_params}, tokens),
+                             model.apply({"params": zeroed}, tokens), atol=1e-5)
+  assert not np.allclose(ablated.apply({"params": ablated_params}, tokens),
+                         model.apply({"params": params}, tokens), atol=1e-3)
+  with pytest.raises(ValueError, match="no v2 long-term memory"):
+    extrapolation.without_long_term(ablated, ablated_params)
+
+
+@pytest.mark.slow
+def test_v2_ablations_and_extrapolation_command_line(tmp_path):
+  trainer.train_and_evaluate(registry.get_config("v2_pretraining", "tiny,ablations"),
+                             str(tmp_path / "v2"))
+  names = ("mosaic", "mosaic_fixed_m", "transformer", "transformer_long_short")
+  out = _run("extrapolation", *(f"--run={tmp_path / 'v2'}:{name}" for name in names),
+             "--text=package:tinystories/validation.txt", "--multiples=1,2,4", "--windows=2",
+             f"--output={tmp_path / 'ext'}")
+  results = json.loads((tmp_path / "ext" / "extrapolation.json").read_text())
+  assert set(results) == set(names) | {"mosaic without long-term memory",
+                                       "mosaic_fixed_m without long-term memory"}
+  assert set(results["transformer"]) == {"1", "2", "4"} and results["mosaic"]["1"]["beyond"] is None
+  assert all(np.isfinite(row["loss"]) for rows in results.values() for row in rows.values())
+  assert "| mosaic without long-term memory |" in out

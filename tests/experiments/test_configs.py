@@ -36,5 +36,7 @@ def test_config_documents_itself_and_is_locked(name):
 def test_unknown_names_and_arguments():
   with pytest.raises(ValueError, match="Unknown experiment"):
     registry.path("quickstartt")
-  with pytest.raises(ValueError, match="v2_pretraining takes one of"):
+  with pytest.raises(ValueError, match="Unknown v2_pretraining arguments"):
     registry.get_config("v2_pretraining", "huge")
+  with pytest.raises(ValueError, match="v2_pretraining takes one of"):
+    registry.get_config("v2_pretraining", "cpu,small")

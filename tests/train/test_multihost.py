@@ -31,7 +31,7 @@ def _launch(num_processes, devices, workdir):
   for process in processes:
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output[-4000:]
-    line = next(l for l in output.splitlines() if l.startswith("RESULT "))
+    line = next(row for row in output.splitlines() if row.startswith("RESULT "))
     results.append(json.loads(line[len("RESULT "):]))
   return results
 
