@@ -284,8 +284,8 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir: 
     if evaluator not in evaluate_lib.EVALUATORS:
       raise ConfigError(f"train.evaluators names {evaluator!r}; known: "
                         f"{sorted(evaluate_lib.EVALUATORS)}.")
-    result.metrics.update(evaluate_lib.EVALUATORS[evaluator](program.model, state.params, data,
-                                                             config))
+    result.metrics.update(evaluate_lib.evaluator(evaluator)(program.model, state.params, data,
+                                                            config))
     log(f"[{name}] {evaluator}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
   if data.tokenizer is not None and config.report.prompts:
     prompts = [[data.tokenizer.eot_id] + ids for ids in data.tokenizer.encode(config.report.prompts)]
