@@ -15,8 +15,9 @@ import functools
 import os
 from typing import Any, Callable, Iterator
 
-from mosaics_jax.data import corpus, pipeline, regbench, text, tokenizer as tokenizers
+from mosaics_jax.data import corpus, pipeline, regbench, ruler, text, tokenizer as tokenizers
 from mosaics_jax.data.corpus import DataError
+from mosaics_jax.data.icl_classification import icl_classification_data
 
 
 @dataclasses.dataclass
@@ -87,7 +88,8 @@ def regbench_data(config, *, seed: int, workdir: str, process_index: int = 0,
               description, extras={"regbench": splits, "bucket": config.regbench_bucket})
 
 
-SOURCES = {"text": text_data, "regbench": regbench_data}
+SOURCES = {"text": text_data, "regbench": regbench_data,
+           "icl_classification": icl_classification_data, "ruler": ruler.ruler_data}
 
 
 def build(config, **kwargs) -> Data:

@@ -9,7 +9,8 @@ from experiments import registry
 from mosaics_jax.train.config import model_config
 
 SMALL_ARG = {"quickstart": "tiny", "babistories_v1": "cpu", "v2_pretraining": "cpu",
-             "three_moons": "tiny", "regbench": "tiny"}
+             "three_moons": "tiny", "regbench": "tiny", "icl_classification": "tiny",
+             "ruler_v2": "tiny"}
 FULL_ARG = {"v2_pretraining": "small"}  # the others run on an empty argument
 
 

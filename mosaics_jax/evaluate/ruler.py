@@ -1,0 +1,174 @@
+r"""RULER-style new-knowledge storage at 1x to 8x the training context, with no fine-tuning
+(v2 paper section 5.2, Table 3, at small scale; tasks in ``mosaics_jax/data/ruler.py``).
+
+    python -m mosaics_jax.evaluate.ruler --run=/tmp/ruler:mosaic --run=/tmp/ruler:transformer \
+        --run=/tmp/ruler:transformer_long_short --multiples=1,2,4,8 --samples=20 \
+        --output=/tmp/ruler/eval
+
+For each run, task and multiple k, ``--samples`` prompts are sized to k x the model's training
+context in its own tokens (answer budget included), continued greedily and cut at the
+end-of-text token; scores are RULER's (string_match_all, string_match_part for qa), x 100,
+and "overall" is their mean over tasks. Sample i of a task carries the same keys and values at
+every length. Learned positions stop at 1x. The tasks default to those the run was trained on.
+Writes ``ruler.md``, ``ruler.json`` and ``ruler.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from mosaics_jax import generate
+from mosaics_jax.data import ruler
+from mosaics_jax.evaluate import plotting
+
+
+def greedy_continuations(model, params, cache, prompts: Sequence[Sequence[int]], *, width: int,
+                         steps: int, batch_size: int) -> list[list[int]]:
+  """Greedy continuations of ``steps`` tokens of prompts left-padded to ``width``, in batches
+  of ``batch_size`` (the last one filled with copies), from an empty ``cache`` of
+  ``generate.init_cache(model, batch_size, width + steps)``: every batch of one length and
+  budget reuses one compiled decoding program."""
+  out = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = list(prompts[start:start + batch_size])
+    count = len(chunk)
+    tokens, segments = generate.left_pad(chunk + [chunk[-1]] * (batch_size - count))
+    padding = ((0, 0), (width - tokens.shape[1], 0))
+    continuation = generate.sample_with_cache(
+        model, params, cache, np.pad(tokens, padding), np.pad(segments, padding),
+        jax.random.key(0), steps=steps, temperature=0.0, top_k=0, top_p=1.0)
+    out += np.asarray(jax.device_get(continuation))[:count].tolist()
+  return out
+
+
+def until_end(tokens: Sequence[int], eot: int) -> list[int]:
+  """A continuation up to (without) its first end-of-text token."""
+  tokens = list(tokens)
+  return tokens[:tokens.index(eot)] if eot in tokens else tokens
+
+
+def evaluate_run(model, params, tokenizer, tasks: Sequence[str], multiples: Sequence[int],
+                 samples_per_task: int, seed: int = 42, batch_size: int = 8) -> dict:
+  """{'context_length', 'tasks': {task: {k: score}}, 'overall': {k: score}, 'examples':
+  {task: {k: first sample's answers and prediction}}} for one model."""
+  tasks = ruler.check_tasks(tasks)
+  context = model.config.context_length
+  learned = getattr(model.config, "position", None) == "learned"
+  reachable = sorted(k for k in multiples if k == 1 or not learned)
+  eot = tokenizer.eot_id
+
+  def length_of(text: str) -> int:
+    return 1 + len(tokenizer.encode([text])[0])  # the prompt starts with the end-of-text token
+
+  results = {"context_length": context, "tasks": {task: {} for task in tasks}, "overall": {},
+             "examples": {task: {} for task in tasks}}
+  by_budget = itertools.groupby(sorted(tasks, key=ruler.ANSWER_TOKENS.get),
+                                key=ruler.ANSWER_TOKENS.get)
+  groups = [(budget, list(group)) for budget, group in by_budget]
+  for multiple in reachable:
+    target = multiple * context
+    cache = generate.init_cache(model, batch_size, target)  # width + budget = target
+    for budget, group in groups:
+      samples = [sample for task in group for sample in ruler.evaluation_samples(
+          task, samples_per_task, target, length_of, seed)]
+      prompts = [[eot] + ids for ids in tokenizer.encode([s.prompt for s in samples])]
+      continuations = greedy_continuations(model, params, cache, prompts,
+                                           width=target - budget, steps=budget,
+                                           batch_size=batch_size)
+      predictions = [tokenizer.decode(until_end(c, eot)) for c in continuations]
+      for index, task in enumerate(group):
+        rows = slice(index * samples_per_task, (index + 1) * samples_per_task)
+        results["tasks"][task][multiple] = ruler.score(task, predictions[rows], samples[rows])
+        results["examples"][task][multiple] = {"answers": list(samples[rows][0].answers),
+                                               "prediction": predictions[rows][0]}
+    results["overall"][multiple] = float(np.mean([results["tasks"][t][multiple] for t in tasks]))
+  return results
+
+
+def table(results: dict[str, dict], multiples: Sequence[int]) -> str:
+  """Markdown: one row per model and task, then the model's overall row; '-' where a model
+  cannot reach a length."""
+  contexts = {rows["context_length"] for rows in results.values()}
+  header = [f"{k}x ({k * min(contexts)} tokens)" if len(contexts) == 1 else f"{k}x"
+            for k in multiples]
+  lines = ["| model | task | " + " | ".join(header) + " |",
+           "| --- | --- |" + " ---: |" * len(multiples)]
+  for name, rows in results.items():
+    for task, scores in [*rows["tasks"].items(), ("overall", rows["overall"])]:
+      cells = [f"{scores[k]:.1f}" if k in scores else "-" for k in multiples]
+      lines.append(f"| {name} | {'**overall**' if task == 'overall' else task} | " +
+                   " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, dict], path: str) -> None:
+  plt = plotting.pyplot()
+  figure, axis = plt.subplots(figsize=(6.5, 4.2))
+  for name, rows in results.items():
+    multiples = sorted(rows["overall"])
+    axis.plot(multiples, [rows["overall"][k] for k in multiples], "o-", label=name)
+  axis.set_xscale("log", base=2)
+  axis.set_ylim(-2, 102)
+  axis.set_xlabel("evaluation length / training context")
+  axis.set_ylabel("RULER-style score (mean over tasks)")
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=8)
+  plotting.save(figure, path)
+
+
+def trained_tasks(workdir: str) -> list[str]:
+  """The tasks a run was trained on (its config.json), or every task."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      section = json.load(f).get("data", {}).get("ruler", {})
+  except FileNotFoundError:
+    return list(ruler.TASKS)
+  return [t.strip() for t in section.get("tasks", ",".join(ruler.TASKS)).split(",") if t.strip()]
+
+
+def main(argv) -> None:
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
+  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+
+  cli.quiet_logging()
+  values = flags.FLAGS
+  multiples = sorted(int(k) for k in values.multiples.split(","))
+  results = {}
+  for spec in values.run:
+    workdir, name, run = checkpoint.load_run_flag(spec, reading="the RULER prompts")
+    tasks = [t.strip() for t in values.tasks.split(",") if t.strip()] or trained_tasks(workdir)
+    results[name] = evaluate_run(run.model, run.params, run.tokenizer, tasks, multiples,
+                                 values.samples, values.seed, values.batch_size)
+  os.makedirs(values.output, exist_ok=True)
+  markdown = table(results, multiples)
+  with open(os.path.join(values.output, "ruler.md"), "w") as f:
+    f.write(f"# RULER-style tasks by evaluation length\n\n{values.samples} samples per task "
+            f"and length, seed {values.seed}; scores x 100 (string_match_all, "
+            f"string_match_part for qa).\n\n{markdown}")
+  with open(os.path.join(values.output, "ruler.json"), "w") as f:
+    json.dump({"samples": values.samples, "seed": values.seed, "runs": results}, f, indent=1)
+  plot(results, os.path.join(values.output, "ruler.png"))
+  print(markdown)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per model.")
+  flags.DEFINE_string("tasks", "", "Comma-separated tasks; empty: those each run was trained on.")
+  flags.DEFINE_string("multiples", "1,2,4,8", "Evaluation lengths, in training contexts.")
+  flags.DEFINE_integer("samples", 20, "Samples per task and length.")
+  flags.DEFINE_integer("seed", 42, "Seed of the evaluation samples (RULER's).")
+  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+  flags.DEFINE_string("output", "ruler", "Directory for the table, JSON and plot.")
+  flags.mark_flags_as_required(["run"])
+  app.run(main)

@@ -1,0 +1,68 @@
+"""RULER-style evaluation: fixed-width greedy decoding, tables, and the command line on a tiny
+trained experiment."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from experiments import registry
+from mosaics_jax import generate, models
+from mosaics_jax.evaluate import ruler as ruler_eval
+from mosaics_jax.train import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_fixed_width_batches_decode_as_generate_sample():
+  model = models.build_model(models.model_config(
+      "mosaic_v2_small", num_layers=1, embed_dim=32, num_heads=2, vocab_size=64,
+      ffn_hidden_dim=64, short_term_window=4, long_term_skip_train=(1, 4),
+      long_term_skip_eval=1, context_length=32))
+  params = models.init_params(model, jax.random.key(0))
+  prompts = [[2, 5, 9, 11, 3], [2, 7], [2, 8, 8, 8, 8, 8, 1]]
+  expected = generate.sample(model, params, prompts, max_new_tokens=4, rng=jax.random.key(1),
+                             temperature=0.0)
+  # Two batches of two (the last one filled with a copy), padded beyond the longest prompt.
+  cache = generate.init_cache(model, 2, 16)
+  assert ruler_eval.greedy_continuations(model, params, cache, prompts, width=12, steps=4,
+                                         batch_size=2) == expected
+
+
+def test_until_end_and_table():
+  assert ruler_eval.until_end([5, 6, 2, 7, 2], eot=2) == [5, 6]
+  assert ruler_eval.until_end([5, 6], eot=2) == [5, 6]
+  results = {
+      "mosaic": {"context_length": 64, "tasks": {"qa": {1: 50.0, 2: 25.0}},
+                 "overall": {1: 50.0, 2: 25.0}},
+      "gpt2": {"context_length": 64, "tasks": {"qa": {1: 75.0}}, "overall": {1: 75.0}}}
+  markdown = ruler_eval.table(results, [1, 2])
+  assert "| model | task | 1x (64 tokens) | 2x (128 tokens) |" in markdown
+  assert "| mosaic | **overall** | 50.0 | 25.0 |" in markdown
+  assert "| gpt2 | qa | 75.0 | - |" in markdown
+
+
+@pytest.mark.slow
+def test_command_line_on_a_tiny_experiment(tmp_path):
+  config = registry.get_config("ruler_v2", "tiny")
+  config.train.models = "mosaic,transformer"
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  out = subprocess.run(
+      [sys.executable, "-m", "mosaics_jax.evaluate.ruler", f"--run={tmp_path / 'run'}:mosaic",
+       f"--run={tmp_path / 'run'}:transformer", "--multiples=1,2", "--samples=2",
+       f"--output={tmp_path / 'eval'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads((tmp_path / "eval" / "ruler.json").read_text())
+  assert summary["samples"] == 2 and set(summary["runs"]) == {"mosaic", "transformer"}
+  mosaic = summary["runs"]["mosaic"]
+  assert set(mosaic["tasks"]) == {"niah_single", "niah_multikey"}  # the trained tasks
+  assert set(mosaic["overall"]) == {"1", "2"} and mosaic["context_length"] == 128
+  assert all(0.0 <= score <= 100.0 for scores in mosaic["tasks"].values()
+             for score in scores.values())
+  assert len(mosaic["examples"]["niah_single"]["2"]["answers"][0]) == 7
+  markdown = (tmp_path / "eval" / "ruler.md").read_text()
+  assert "| transformer | **overall** |" in markdown and "2x (256 tokens)" in markdown
+  assert (tmp_path / "eval" / "ruler.png").stat().st_size > 5_000
