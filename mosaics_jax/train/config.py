@@ -8,6 +8,8 @@ locked, so a mistyped ``--config.x.y`` fails at once. Fields:
     models.NAME.*        one section per model to train: every field of MosaicConfig /
                          TransformerConfig, plus ``kind``; vocab_size 0 = the tokenizer's
     optimizer.*          AdamW recipe (optimizer.py)
+    optimizer_overrides.NAME.*  fields of ``optimizer`` that differ for model NAME (each model
+                         at its own tuned learning rate, say); empty by default
     train.*              steps, logging, evaluation, checkpoints, profiling
     mesh.*               data / fsdp / tensor sizes (-1: the remaining devices)
     report.*             samples written after training
@@ -74,6 +76,20 @@ def model_config(name: str, section, vocab_size: int) -> models.ModelConfig:
     raise ConfigError(f"config.models.{name}: {error}") from error
 
 
+def optimizer_config(name: str, config) -> ml_collections.ConfigDict:
+  """``config.optimizer`` with ``config.optimizer_overrides.NAME`` applied, for model NAME."""
+  overrides = config.get("optimizer_overrides", {}).get(name)
+  if not overrides:
+    return config.optimizer
+  unknown = sorted(set(overrides) - set(config.optimizer))
+  if unknown:
+    raise ConfigError(f"config.optimizer_overrides.{name} sets {unknown}, which config.optimizer "
+                      f"does not have; choose from {sorted(config.optimizer)}.")
+  merged = ml_collections.ConfigDict(config.optimizer.to_dict())
+  merged.update(overrides.to_dict())
+  return merged
+
+
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -94,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=5e-3, min_learning_rate=1e-4, warmup_steps=2000, decay_steps=0,
       weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0, accumulation_steps=1))
+  config.optimizer_overrides = ml_collections.ConfigDict()
   config.train = ml_collections.ConfigDict(dict(
       num_steps=80000,
       models="",                  # comma-separated subset of config.models to run ("": all)

@@ -30,7 +30,7 @@ from mosaics_jax import data as data_lib
 from mosaics_jax import evaluate as evaluate_lib
 from mosaics_jax import generate, losses, models
 from mosaics_jax.train import checkpoint, metrics, optimizer as optimizer_lib, report, sharding
-from mosaics_jax.train.config import ConfigError, model_config
+from mosaics_jax.train.config import ConfigError, model_config, optimizer_config
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -213,9 +213,10 @@ def build_program(name: str, section, config, vocab_size: int, mesh) -> Program:
   model_cfg = model_config(name, section, vocab_size)
   model = models.build_model(model_cfg)
   num_steps = config.train.num_steps
-  schedule = optimizer_lib.learning_rate(config.optimizer, num_steps)
-  optimizer = optimizer_lib.make_optimizer(config.optimizer, num_steps)
-  sharding.check_batch(config.data.batch_size, mesh, config.optimizer.accumulation_steps)
+  optimizer_settings = optimizer_config(name, config)
+  schedule = optimizer_lib.learning_rate(optimizer_settings, num_steps)
+  optimizer = optimizer_lib.make_optimizer(optimizer_settings, num_steps)
+  sharding.check_batch(config.data.batch_size, mesh, optimizer_settings.accumulation_steps)
   init_tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
 
   def init(rng):
@@ -228,7 +229,7 @@ def build_program(name: str, section, config, vocab_size: int, mesh) -> Program:
   state_shardings = sharding.state_shardings(abstract, param_shardings, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
-      make_train_step(model, optimizer, schedule, config.optimizer.accumulation_steps,
+      make_train_step(model, optimizer, schedule, optimizer_settings.accumulation_steps,
                       config.seed),
       in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
       donate_argnums=0)
@@ -376,6 +377,12 @@ def train_and_evaluate(config, workdir: str, mode: str = "train_and_eval") -> di
   if not config.models or unknown:
     raise ConfigError(f"config.train.models names {unknown or 'nothing'}; config.models has "
                       f"{list(config.models)}.")
+  stray = [n for n in config.get("optimizer_overrides", {}) if n not in config.models]
+  if stray:
+    raise ConfigError(f"config.optimizer_overrides names {stray}, not models of config.models "
+                      f"({list(config.models)}): rename or remove them.")
+  for name in names:
+    optimizer_config(name, config)  # unknown fields fail before any data is built
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:

@@ -65,6 +65,9 @@ def test_quickstart_tiny_end_to_end(tmp_path):
   assert "| mosaic | Memory Mosaic v1 |" in report and "| transformer |" in report
   assert (tmp_path / "loss_curves.png").stat().st_size > 10_000
   assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 20
+  peak = {name: max(r["train/learning_rate"] for r in metrics.read_metrics(str(tmp_path / name))
+                    if "train/learning_rate" in r) for name in results}
+  assert peak["transformer"] == pytest.approx(peak["mosaic"] / 2, rel=0.05)  # its override
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -136,6 +139,12 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path):
     trainer.train_and_evaluate(tiny(**{"models.mosaic.vocab_size": 1000}), str(tmp_path / "c"))
   with pytest.raises(ConfigError, match="config.train.models"):
     trainer.train_and_evaluate(tiny(**{"train.models": "mosaik"}), str(tmp_path / "d"))
+  with pytest.raises(ConfigError, match=r"optimizer_overrides names \['mosaik'\]"):
+    trainer.train_and_evaluate(tiny(**{"optimizer_overrides.mosaik": {"learning_rate": 1.0}}),
+                               str(tmp_path / "d"))
+  with pytest.raises(ConfigError, match="sets \\['lr'\\], which config.optimizer does not"):
+    trainer.train_and_evaluate(tiny(**{"optimizer_overrides.mosaic": {"lr": 1.0}}),
+                               str(tmp_path / "d"))
 
   trainer.train_and_evaluate(tiny(**{"train.num_steps": 4}), str(tmp_path / "e"), mode="train")
   with pytest.raises(checkpoint.CheckpointError, match=r"different model \(num_layers: 2 -> 3"):
