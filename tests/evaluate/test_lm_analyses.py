@@ -72,12 +72,16 @@ def test_command_lines_on_a_tiny_experiment(tmp_path):
     workdir = tmp_path / f"d{depth}"
     config = registry.get_config("babistories_v1", f"tiny,depth={depth}" +
                                  (",positions" if depth == 1 else ""))
+    with config.unlocked():  # no samples; one model at depth 2 is enough for the curves
+      config.report.prompts = []
+      config.train.models = "" if depth == 1 else "mosaic"
     trainer.train_and_evaluate(config, str(workdir))
     workdirs.append(str(workdir))
 
   runs = depth_curves.collect(workdirs)
   assert sorted(runs) == [1, 2] and set(runs[1]) == {"mosaic", "transformer", "transformer_rope",
                                                      "transformer_alibi"}
+  assert set(runs[2]) == {"mosaic"}
   _run("depth_curves", f"--workdirs={','.join(workdirs)}", f"--output={tmp_path / 'curves'}")
   assert (tmp_path / "curves" / "depth_curves.png").stat().st_size > 10_000
   assert "| 2 |" in (tmp_path / "curves" / "depth_curves.md").read_text()
@@ -119,15 +123,18 @@ def test_removing_the_long_term_memory_is_zeroing_its_projection():
 
 @pytest.mark.slow
 def test_v2_ablations_and_extrapolation_command_line(tmp_path):
-  trainer.train_and_evaluate(registry.get_config("v2_pretraining", "tiny,ablations"),
-                             str(tmp_path / "v2"))
-  names = ("mosaic", "mosaic_fixed_m", "transformer", "transformer_long_short")
+  config = registry.get_config("v2_pretraining", "tiny,ablations")
+  names = ("mosaic_fixed_m", "transformer_long_short")  # the ablations' own models
+  with config.unlocked():
+    config.report.prompts = []
+    config.train.models = ",".join(names)
+  trainer.train_and_evaluate(config, str(tmp_path / "v2"))
   out = _run("extrapolation", *(f"--run={tmp_path / 'v2'}:{name}" for name in names),
              "--text=package:tinystories/validation.txt", "--multiples=1,2,4", "--windows=2",
              f"--output={tmp_path / 'ext'}")
   results = json.loads((tmp_path / "ext" / "extrapolation.json").read_text())
-  assert set(results) == set(names) | {"mosaic without long-term memory",
-                                       "mosaic_fixed_m without long-term memory"}
-  assert set(results["transformer"]) == {"1", "2", "4"} and results["mosaic"]["1"]["beyond"] is None
+  assert set(results) == set(names) | {"mosaic_fixed_m without long-term memory"}
+  assert set(results["transformer_long_short"]) == {"1", "2", "4"}
+  assert results["mosaic_fixed_m"]["1"]["beyond"] is None
   assert all(np.isfinite(row["loss"]) for rows in results.values() for row in rows.values())
-  assert "| mosaic without long-term memory |" in out
+  assert "| mosaic_fixed_m without long-term memory |" in out
