@@ -3,17 +3,18 @@ r"""The embedded default: a small Memory Mosaic and a same-size GPT-2 on shipped
 Command (a fresh machine, nothing downloaded):
     python -m mosaics_jax.main --config=experiments/configs/quickstart.py --workdir=/tmp/quickstart
 
-Hardware and runtime: 2 CPU cores, 3 min 1 s in all (measured 2026-11-22, docs/benchmarks.md).
+Hardware and runtime: 2 CPU cores, 2 min 23 s in all (measured 2026-11-29, docs/benchmarks.md).
 Argument: ``tiny`` shrinks it further (seconds; what the tests run).
 
 What it does: trains a SentencePiece vocabulary of 2,048 tokens on 155k words of TinyStories,
 then a 3-block Memory Mosaic v1 (d=128, 4 heads, 448 persistent slots per head: 852,948
 parameters) and a 3-block GPT-2 with learned positions of the same width (869,248 parameters)
 for 300 steps on the same batches (official recipe: random 128-token windows across stories,
-16 per step), and writes report.md (validation loss and perplexity side by side, samples),
-loss_curves.png and TensorBoard logs in the workdir.
+16 per step; peak learning rates 1.2e-2 and 6e-3, each model's best), and writes report.md
+(validation loss and perplexity side by side, samples), loss_curves.png and TensorBoard logs
+in the workdir.
 
-Expected result (measured): validation loss 3.63 for the Memory Mosaic and 3.74 for the
+Expected result (measured): validation loss 3.63 for the Memory Mosaic and 3.69 for the
 transformer, down from ln(2048) = 7.62; the samples are TinyStories-like phrases.
 """
 
