@@ -21,7 +21,7 @@ Arguments, comma-separated: ``depth=N`` (blocks of both models; Figure 13 uses 1
 Hardware and runtime: the paper trained on 64 GPUs (8 nodes x 8) for 80k steps of 512 x 512
 tokens (21B tokens); on fewer devices add --config.optimizer.accumulation_steps to keep the
 batch, and see docs/benchmarks.md for measured tokens/s per device. ``:cpu`` runs on 2 CPU
-cores in a few minutes (2 min 18 s for the two models, measured 2026-11-22; ``positions``
+cores in a few minutes (1 min 56 s for the two models, measured 2026-11-29; ``positions``
 doubles it; depth scales it).
 
 Recipe (Library/train_memory_mosaics.py and scripts/train_babistories.sh): 12 blocks, d 768,
@@ -37,10 +37,11 @@ Expected result (Library/README.md and the v1 paper): validation cross-entropy a
 falls further along the context and beats GPT-2's after the first few hundred positions
 (Figure 8); its memories attend to a peak of recent tokens whose width follows the leaky
 coefficient, at 1x and 3x the training context, while the transformers' patterns change past
-their training length (Figures 14-16). ``:cpu`` (2 blocks, d 128, 200 steps at the official
-5e-3): validation loss 4.60 for the Memory Mosaic and 3.96 for GPT-2. At the official learning
-rate the Memory Mosaic starts slower and this run stops early; quickstart.py shows a learning
-rate suited to short runs. Our small-scale numbers: docs/results.md.
+their training length (Figures 14-16). ``:cpu`` (2 blocks, d 128, 300 steps, peak learning
+rates 1.2e-2 for the Memory Mosaic and 6e-3 for the transformers, as tuned in quickstart.py;
+at the official 5e-3 the Memory Mosaic is still far behind after a few hundred steps):
+validation loss 3.685 for the Memory Mosaic and 3.694 for GPT-2. Our small-scale numbers:
+docs/results.md.
 """
 
 from mosaics_jax.train.config import base_config, model_section, parse_arg
