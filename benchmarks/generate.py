@@ -7,9 +7,12 @@ r"""Generation speed with and without the decoding cache.
 For each model and context length C: a random prompt of C tokens, then ``--new_tokens`` tokens
 sampled one at a time (random parameters: speed does not depend on them). With the cache the
 prompt is processed once (prefill) and each new token costs one position; the decode rate is
-``new_tokens / (time(prefill + new_tokens) - time(prefill + 1 token))``. Without the cache every
-new token recomputes the whole sequence. Compilation is excluded (each program runs once
-before it is timed). Prints a table; ``--json`` and ``--record`` (docs/benchmarks.md) as in
+``new_tokens / (time(prefill + new_tokens) - time(prefill + 1 token))``, each time the best of
+``--repeats`` runs (the difference of two long timings is noisy: a decode time within the
+noise is reported as an error, not a number). Without the cache every new token recomputes the
+whole sequence, a cost per token that does not depend on how many are drawn, so
+``--recompute_tokens`` (default: new_tokens) may be fewer. Compilation is excluded (each
+program runs once before it is timed). Prints a table; ``--json`` and ``--record`` (docs/benchmarks.md) as in
 train_throughput.py.
 """
 
@@ -47,11 +50,15 @@ def _model(preset: str, args, length: int):
   return model, models.init_params(model, jax.random.key(0))
 
 
-def _timed(function, *args, **kwargs) -> float:
-  jax.block_until_ready(function(*args, **kwargs))  # compile
-  started = time.time()
+def _timed(function, *args, repeats: int = 1, **kwargs) -> float:
+  """Best of ``repeats`` timed runs, after one untimed run that compiles."""
   jax.block_until_ready(function(*args, **kwargs))
-  return time.time() - started
+  times = []
+  for _ in range(repeats):
+    started = time.time()
+    jax.block_until_ready(function(*args, **kwargs))
+    times.append(time.time() - started)
+  return min(times)
 
 
 def measure(preset: str, context: int, args) -> dict:
@@ -66,13 +73,20 @@ def measure(preset: str, context: int, args) -> dict:
   def cached(n):
     cache = generate.init_cache(model, args.batch, context + n)
     return _timed(generate.sample_with_cache, params=params, cache=cache, tokens=tokens,
-                  segments=segments, rng=rng, steps=n, **options)
+                  segments=segments, rng=rng, steps=n, repeats=args.repeats, **options)
 
   prefill = cached(1)
-  decode_rate = steps * args.batch / max(cached(steps + 1) - prefill, 1e-9)
+  decode = cached(steps + 1) - prefill
+  if decode <= 0.02 * prefill:
+    raise SystemExit(f"{preset} at {context} tokens: {steps} cached tokens took {decode:.3f} s "
+                     f"against a {prefill:.2f} s prefill, within the timing noise; raise "
+                     "--new_tokens or --repeats.")
+  decode_rate = steps * args.batch / decode
+  recompute_steps = args.recompute_tokens or steps
   recompute = _timed(generate.sample_recomputing, params=params, tokens=tokens,
-                     segments=segments, rng=rng, steps=steps, **options)
-  no_cache_rate = steps * args.batch / recompute
+                     segments=segments, rng=rng, steps=recompute_steps, repeats=args.repeats,
+                     **options)
+  no_cache_rate = recompute_steps * args.batch / recompute
   return dict(model=preset, context=context, batch=args.batch, new_tokens=steps,
               prefill_seconds=prefill, cached_tokens_per_second=decode_rate,
               uncached_tokens_per_second=no_cache_rate, speedup=decode_rate / no_cache_rate)
@@ -94,6 +108,9 @@ def main(argv=None) -> list[dict]:
                       "llama_gpt2_small")
   parser.add_argument("--contexts", default="512,4096")
   parser.add_argument("--new_tokens", type=int, default=32)
+  parser.add_argument("--recompute_tokens", type=int, default=0,
+                      help="tokens drawn without the cache (0: --new_tokens)")
+  parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--dtype", default="")
   parser.add_argument("--tiny", action="store_true", help="CPU-sized models, contexts 64,128")
