@@ -26,9 +26,8 @@ training and h/4 at inference (for the long/short transformer too).
 Hardware and runtime: the default (GPT2-small width, 12 blocks, context 4096, 32 classes, up
 to 13 shots, 5000 steps of 32 x 4096 tokens) is sized for one H100; it has not been run yet (no
 GPU was available), so its runtime is not measured. ``:cpu`` (2 blocks, d 128, context 320, 8
-classes, up to 4 shots, 150 steps of 8 x 320 tokens), measured 2026-11-22 on 2 CPU cores shared
-with other jobs (load ~5.7): training the three models 8 min 51 s, the evaluation command 4 min
-35 s.
+classes, up to 4 shots, 150 steps of 8 x 320 tokens), measured 2026-11-29 on 2 CPU cores:
+training the three models 2 min 0 s, the evaluation command 1 min 2 s.
 
 Expected result (v2 paper Figs 3-5, 13-14): Memory Mosaic v2's accuracy rises monotonically
 with the number of shots, for semantic and anonymous labels, while the transformer's flattens
