@@ -73,7 +73,7 @@ def get_config(arg: str = "n=1000"):
   steps = math.ceil(n / config.data.batch_size) * args.get("epochs", 200)
   lr = args.get("lr", 5e-4)
   if tiny:
-    steps, lr = 6, 3e-3
+    steps, lr = 2, 3e-3
   elif cpu:
     config.data.batch_size = 16
     steps, lr = 80, 2e-3
@@ -83,7 +83,7 @@ def get_config(arg: str = "n=1000"):
   config.train.num_steps = steps
   config.train.log_every = 2 if tiny else max(steps // 40, 1)
   config.train.eval_every = 0
-  config.train.checkpoint_every = 3 if tiny else max(steps // 4, 1)
+  config.train.checkpoint_every = 2 if tiny else max(steps // 4, 1)
   config.train.evaluators = "regbench"
   config.report.prompts = []
   config.lock()
