@@ -15,9 +15,9 @@ epochs {200, 400}, lr {1e-4, 2.5e-4}, wd {0.01, 0.1}): ``width=``, ``layers=``, 
 Hardware and runtime: the full recipe (200 epochs of batches of 32 instances, ~380 tokens
 each) is 800 steps for N=100 and 250k for N=40000; a GPU runs N <= 2500 in minutes to hours.
 ``cpu`` trains each model for a fixed 80 steps of 16 instances (1,280 instances) at lr 2e-3:
-the N = 100 run took 23 minutes for both models (training and the evaluation on 2 x 500
-automata) on 2 cores that other jobs shared, 2026-11-22 (the time does not depend on N: the
-step count is fixed). Results in docs/results.md.
+the N = 500 run took 6 min 36 s for both models (training and the evaluation on 2 x 500
+automata) on 2 CPU cores, 2026-11-29 (the time hardly depends on N: the step count is fixed).
+Results in docs/results.md.
 
 Model defaults: the released Memory Mosaics config (ICLL/configs/experiment/dfa/mm.yaml: d 128,
 8 heads, 2 blocks, 448 persistent slots, dropout 0.05, lr 5e-4, weight decay 0.1, clip 1.0) and
@@ -27,7 +27,10 @@ warm-up over 10% of training, cosine to 0.1 lr.
 
 Expected result (v1 Figure 9; accuracy / TVD): Memory Mosaic 0.925 / 0.569 at N=100, 0.934 /
 0.215 at N=1000, 0.96 / 0.122 at N=40000; transformer 0.523 / 0.683, 0.533 / 0.63, 0.950 /
-0.144. The Memory Mosaic learns in context from far fewer automata.
+0.144. The Memory Mosaic learns in context from far fewer automata. ``cpu`` (test accuracy /
+TVD at N = 100, 500, 1000): Memory Mosaic 0.885 / 0.792, 0.902 / 0.790, 0.907 / 0.792;
+transformer 0.493 / 0.683, 0.518 / 0.677, 0.531 / 0.681 (the accuracies near the paper's, the
+TVDs far above them at this budget).
 """
 
 import itertools
