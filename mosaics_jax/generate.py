@@ -70,6 +70,12 @@ def _decode(model, params, cache, tokens, segments):
   return logits[:, -1], variables["cache"]
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
+def prefill(model, params, cache, tokens, segments):
+  """Fill ``cache`` with (left-padded) prompts: (logits at the last position, cache)."""
+  return _decode(model, params, cache, tokens, segments)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k", "top_p"))
 def sample_with_cache(model, params, cache, tokens, segments, rng, *, steps, temperature, top_k,
                       top_p):
