@@ -44,15 +44,7 @@ steps, tried once for Memory Mosaic v2 and the transformer, still gave 12-25% at
 import ml_collections
 
 from mosaics_jax.data import icl_classification as icl
-from mosaics_jax.train.config import base_config, model_section, parse_arg
-
-
-def memories(context: int) -> dict:
-  """v2's memory sizes for a training context: h = context / 16, m in [h/4, h], h/4 at
-  inference."""
-  window = context // 16
-  return dict(short_term_window=window, long_term_skip_train=(window // 4, window),
-              long_term_skip_eval=window // 4)
+from mosaics_jax.train.config import base_config, model_section, parse_arg, scaled_v2_memories
 
 
 def get_config(arg: str = ""):
@@ -98,7 +90,7 @@ def get_config(arg: str = ""):
     config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 4
   config.data.seq_len = context
   config.train.num_steps = steps
-  size.update(context_length=context, **memories(context))
+  size.update(context_length=context, **scaled_v2_memories(context))
   config.models.mosaic = model_section("mosaic_v2_gpt2_small", **size, **mosaic)
   config.models.transformer = model_section("llama_gpt2_small", **size, **llama)
   config.models.transformer_long_short = model_section("llama_gpt2_small_long_short", **size,

@@ -37,14 +37,7 @@ budget the transformers learn the answer format but not to copy from the context
 """
 
 from mosaics_jax.data import ruler
-from mosaics_jax.train.config import base_config, model_section, parse_arg
-
-
-def scaled_memories(context: int) -> dict:
-  """The paper's ratios at 4k (h = 256, m in [64, 256], 64 at inference) for any context."""
-  window = context // 16
-  return dict(short_term_window=window, long_term_skip_train=(window // 4, window),
-              long_term_skip_eval=window // 4)
+from mosaics_jax.train.config import base_config, model_section, parse_arg, scaled_v2_memories
 
 
 def get_config(arg: str = ""):
@@ -83,7 +76,7 @@ def get_config(arg: str = ""):
     config.train.num_steps, config.train.log_every = 4, 2
     config.train.eval_every, config.train.checkpoint_every = 4, 4
   size.update(context_length=config.data.seq_len)
-  memories = scaled_memories(config.data.seq_len)
+  memories = scaled_v2_memories(config.data.seq_len)
   config.models.mosaic = model_section("mosaic_v2_gpt2_small", **size, **memories,
                                        **mosaic_size)
   config.models.transformer = model_section("llama_gpt2_small", **size, **llama_size)

@@ -60,6 +60,15 @@ def model_section(preset: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def scaled_v2_memories(context: int) -> dict:
+  """v2's memory sizes at the paper's ratios for any training context (at 4k: h = 256, m in
+  [64, 256] in training, 64 at inference): h = context / 16, m in [h/4, h], h/4 at inference.
+  Used for Memory Mosaic v2 and the long/short-attention transformer alike."""
+  window = context // 16
+  return dict(short_term_window=window, long_term_skip_train=(window // 4, window),
+              long_term_skip_eval=window // 4)
+
+
 def model_config(name: str, section, vocab_size: int) -> models.ModelConfig:
   """The model dataclass of ``config.models.NAME`` for a vocabulary of ``vocab_size``."""
   fields = section.to_dict()
