@@ -112,6 +112,39 @@ def sample_recomputing(model, params, tokens, segments, rng, *, steps, temperatu
   return jax.lax.fori_loop(0, steps, step, buffer)[:, width:]
 
 
+def fixed_shape_batches(prompts: Sequence[Sequence[int]], batch_size: int, width: int):
+  """Batches of ``batch_size`` prompts left-padded to ``width``, all of one shape so that one
+  compiled program serves every batch (the last batch repeats its last prompt): yields
+  (tokens, segments, the prompt index of each row, how many rows are real)."""
+  for start in range(0, len(prompts), batch_size):
+    index = np.arange(start, start + batch_size).clip(max=len(prompts) - 1)
+    tokens, segments = left_pad([prompts[i] for i in index])
+    pad = ((0, 0), (width - tokens.shape[1], 0))
+    yield (np.pad(tokens, pad), np.pad(segments, pad), index,
+           min(batch_size, len(prompts) - start))
+
+
+def greedy_in_batches(model, params, prompts: Sequence[Sequence[int]], *, width: int, steps: int,
+                      batch_size: int, cache=None) -> list[list[int]]:
+  """Greedy continuations of ``steps`` tokens, in ``fixed_shape_batches`` of prompts padded to
+  ``width``, from ``cache`` (an empty ``init_cache(model, batch_size, width + steps)``; made
+  here when None): many prompts, one compiled decoding program."""
+  if cache is None:
+    cache = init_cache(model, batch_size, width + steps)
+  out = []
+  for tokens, segments, _, count in fixed_shape_batches(prompts, batch_size, width):
+    continued = sample_with_cache(model, params, cache, tokens, segments, jax.random.key(0),
+                                  steps=steps, temperature=0.0, top_k=0, top_p=1.0)
+    out += np.asarray(jax.device_get(continued))[:count].tolist()
+  return out
+
+
+def until_token(tokens: Sequence[int], stop: int) -> list[int]:
+  """A continuation up to (without) its first ``stop`` token, e.g. the end of text."""
+  tokens = list(tokens)
+  return tokens[:tokens.index(stop)] if stop in tokens else tokens
+
+
 def sample(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            rng: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            use_cache: bool = True) -> list[list[int]]:

@@ -136,3 +136,23 @@ def test_command_line_on_a_trained_workdir(tmp_path):
   missing = subprocess.run(base[:4] + ["--model=gpt"], cwd=REPO, capture_output=True, text=True,
                            timeout=300)
   assert missing.returncode != 0 and "No model 'gpt'" in missing.stderr
+
+
+def test_fixed_width_batches_decode_as_generate_sample():
+  model = models.build_model(models.model_config(
+      "mosaic_v2_small", num_layers=1, embed_dim=32, num_heads=2, vocab_size=64,
+      ffn_hidden_dim=64, short_term_window=4, long_term_skip_train=(1, 4),
+      long_term_skip_eval=1, context_length=32))
+  params = models.init_params(model, jax.random.key(0))
+  prompts = [[2, 5, 9, 11, 3], [2, 7], [2, 8, 8, 8, 8, 8, 1]]
+  expected = generate.sample(model, params, prompts, max_new_tokens=4, rng=jax.random.key(1),
+                             temperature=0.0)
+  # Two batches of two (the last one filled with a copy), padded beyond the longest prompt.
+  cache = generate.init_cache(model, 2, 16)
+  assert generate.greedy_in_batches(model, params, prompts, width=12, steps=4, batch_size=2,
+                                    cache=cache) == expected
+
+
+def test_until_token():
+  assert generate.until_token([5, 6, 2, 7, 2], stop=2) == [5, 6]
+  assert generate.until_token([5, 6], stop=2) == [5, 6]

@@ -50,34 +50,6 @@ def greedy_accuracy(continuations: list[str], answers: list[str]) -> float:
   return float(np.mean([predicted_label(c) == a for c, a in zip(continuations, answers)]))
 
 
-def _chunks(prompts: list[list[int]], batch_size: int):
-  """Fixed-shape batches (one compilation per call): left-padded tokens and segments, all as
-  wide as the longest prompt, the prompt index of each row (the last batch repeats its last
-  prompt) and how many rows are real."""
-  width = max(len(p) for p in prompts)
-  for start in range(0, len(prompts), batch_size):
-    index = np.arange(start, start + batch_size).clip(max=len(prompts) - 1)
-    tokens, segments = generate.left_pad([prompts[i] for i in index])
-    pad = ((0, 0), (width - tokens.shape[1], 0))
-    yield (np.pad(tokens, pad), np.pad(segments, pad), index,
-           min(batch_size, len(prompts) - start))
-
-
-def greedy_continuations(model, params, prompts: list[list[int]], *, max_new_tokens: int,
-                         eot_id: int, batch_size: int) -> list[list[int]]:
-  """Greedy continuations (``generate``, temperature 0), cut before the end-of-text token."""
-  width = max(len(p) for p in prompts)
-  empty = generate.init_cache(model, batch_size, width + max_new_tokens)  # same for every batch
-  out = []
-  for tokens, segments, _, count in _chunks(prompts, batch_size):
-    continued = generate.sample_with_cache(
-        model, params, empty, tokens, segments, jax.random.key(0), steps=max_new_tokens,
-        temperature=0.0, top_k=0, top_p=1.0)
-    for row in np.asarray(continued)[:count].tolist():
-      out.append(row[:row.index(eot_id)] if eot_id in row else row)
-  return out
-
-
 def _batched_leaves(model, length: int):
   """Which leaves of a decoding cache hold one row per sequence (the rest, e.g. the step
   counter, are shared): those whose leading size follows the batch."""
@@ -127,7 +99,8 @@ def candidate_log_likelihoods(model, params, prompts: list[list[int]],
       padded[e, k, :len(ids)], lengths[e, k] = ids, len(ids)
   empty = generate.init_cache(model, batch_size, max(len(p) for p in prompts) + width)
   scores = []
-  for tokens, segments, index, count in _chunks(prompts, batch_size):
+  for tokens, segments, index, count in generate.fixed_shape_batches(
+      prompts, batch_size, max(len(p) for p in prompts)):
     scores.append(np.asarray(_candidate_log_likelihoods(
         model, params, empty, tokens, segments, padded[index], lengths[index]))[:count])
   return np.concatenate(scores)
@@ -168,9 +141,11 @@ def evaluate_run(model, params, tokenizer, task: icl.Task, *, shots, episodes: i
       log(f"  {count} shots skipped: prompts need {needed} positions, the model has learned "
           f"positions for {model.config.context_length}.")
       continue
-    continuations = greedy_continuations(model, params, prompts, max_new_tokens=longest_label + 1,
-                                         eot_id=tokenizer.eot_id, batch_size=batch_size)
-    texts = [tokenizer.decode(ids) for ids in continuations]
+    continuations = generate.greedy_in_batches(
+        model, params, prompts, width=max(len(p) for p in prompts), steps=longest_label + 1,
+        batch_size=batch_size)
+    texts = [tokenizer.decode(generate.until_token(ids, tokenizer.eot_id))
+             for ids in continuations]
     scores = candidate_log_likelihoods(model, params, prompts, candidates, batch_size=batch_size)
     picked = scores.argmax(axis=1) == np.asarray(answers)
     start = 0

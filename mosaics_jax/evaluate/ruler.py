@@ -20,37 +20,11 @@ import json
 import os
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from mosaics_jax import generate
 from mosaics_jax.data import ruler
 from mosaics_jax.evaluate import plotting
-
-
-def greedy_continuations(model, params, cache, prompts: Sequence[Sequence[int]], *, width: int,
-                         steps: int, batch_size: int) -> list[list[int]]:
-  """Greedy continuations of ``steps`` tokens of prompts left-padded to ``width``, in batches
-  of ``batch_size`` (the last one filled with copies), from an empty ``cache`` of
-  ``generate.init_cache(model, batch_size, width + steps)``: every batch of one length and
-  budget reuses one compiled decoding program."""
-  out = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = list(prompts[start:start + batch_size])
-    count = len(chunk)
-    tokens, segments = generate.left_pad(chunk + [chunk[-1]] * (batch_size - count))
-    padding = ((0, 0), (width - tokens.shape[1], 0))
-    continuation = generate.sample_with_cache(
-        model, params, cache, np.pad(tokens, padding), np.pad(segments, padding),
-        jax.random.key(0), steps=steps, temperature=0.0, top_k=0, top_p=1.0)
-    out += np.asarray(jax.device_get(continuation))[:count].tolist()
-  return out
-
-
-def until_end(tokens: Sequence[int], eot: int) -> list[int]:
-  """A continuation up to (without) its first end-of-text token."""
-  tokens = list(tokens)
-  return tokens[:tokens.index(eot)] if eot in tokens else tokens
 
 
 def evaluate_run(model, params, tokenizer, tasks: Sequence[str], multiples: Sequence[int],
@@ -78,10 +52,10 @@ def evaluate_run(model, params, tokenizer, tasks: Sequence[str], multiples: Sequ
       samples = [sample for task in group for sample in ruler.evaluation_samples(
           task, samples_per_task, target, length_of, seed)]
       prompts = [[eot] + ids for ids in tokenizer.encode([s.prompt for s in samples])]
-      continuations = greedy_continuations(model, params, cache, prompts,
-                                           width=target - budget, steps=budget,
-                                           batch_size=batch_size)
-      predictions = [tokenizer.decode(until_end(c, eot)) for c in continuations]
+      continuations = generate.greedy_in_batches(model, params, prompts, width=target - budget,
+                                                 steps=budget, batch_size=batch_size,
+                                                 cache=cache)
+      predictions = [tokenizer.decode(generate.until_token(c, eot)) for c in continuations]
       for index, task in enumerate(group):
         rows = slice(index * samples_per_task, (index + 1) * samples_per_task)
         results["tasks"][task][multiple] = ruler.score(task, predictions[rows], samples[rows])
