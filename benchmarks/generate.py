@@ -92,9 +92,9 @@ def table(rows: list[dict]) -> str:
   lines = ["| model | context | batch | prefill (ms) | tokens/s with cache | tokens/s without | "
            "speed-up |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
   for r in rows:
-    lines.append(f"| {r['model']} | {r['context']} | {r['batch']} | {1e3 * r['prefill_seconds']:,.1f} | "
-                 f"{r['cached_tokens_per_second']:,.1f} | {r['uncached_tokens_per_second']:,.2f} "
-                 f"| {r['speedup']:.1f}x |")
+    lines.append(f"| {r['model']} | {r['context']} | {r['batch']} | "
+                 f"{1e3 * r['prefill_seconds']:,.1f} | {r['cached_tokens_per_second']:,.1f} | "
+                 f"{r['uncached_tokens_per_second']:,.2f} | {r['speedup']:.1f}x |")
   return "\n".join(lines)
 
 
