@@ -42,8 +42,9 @@ def workdir_of(args: list[str], nodes: int = 1) -> str:
     raise LaunchError("no --workdir=DIR among the training arguments (after '--'): give a "
                       "directory on a filesystem that every node mounts.")
   if "://" in workdir:
-    raise LaunchError(f"--workdir={workdir}: the trainer writes its workdir through the local "
-                      "filesystem; give a path on a filesystem every node mounts.")
+    raise LaunchError(f"--workdir={workdir}: the job script and SLURM's logs go to WORKDIR/slurm, "
+                      "which sbatch writes through the filesystem; give a path on a filesystem "
+                      "every node mounts.")
   if nodes > 1 and workdir.startswith("/tmp"):
     raise LaunchError(f"--workdir={workdir} is node-local; the {nodes} nodes must share "
                       "checkpoints: give a path on a filesystem every node mounts.")

@@ -1,19 +1,21 @@
 r"""Cloud TPU VMs and pod slices: create, install, run the same command on every worker, delete.
 
     python launch/tpu.py up --name=mm --zone=us-east5-a --accelerator=v5p-32 --spot \
-        --retries=5 -- --config=experiments/configs/babistories_v1.py --workdir=/mnt/shared/mm
+        --retries=5 -- --config=experiments/configs/babistories_v1.py --workdir=gs://BUCKET/mm
     python launch/tpu.py logs --name=mm --zone=us-east5-a
     python launch/tpu.py delete --name=mm --zone=us-east5-a
 
 Every subcommand takes ``--dry-run``: it prints the exact ``gcloud`` commands and runs nothing.
 ``up`` = ``create`` + ``setup`` + ``run``; with ``--retries`` it watches the slice and, when a
 spot or preemptible slice is preempted, deletes it, creates it again and reruns the command,
-which resumes from the last checkpoint in the workdir (on storage every worker mounts).
+which resumes from the last checkpoint in the workdir (a bucket, or storage every worker
+mounts).
 ``--queued`` asks for the slice through a queued resource (capacity granted when available)
 instead of creating it at once.
 
 The code goes to the workers as ``git archive HEAD`` (commit first); ``setup`` makes a venv in
-``~/mosaics_jax`` on every worker and installs the project with ``jax[tpu]``. The run is
+``~/mosaics_jax`` on every worker and installs the project with ``jax[tpu]`` and ``gcsfs``
+(for ``gs://`` workdirs and corpora). The run is
 ``python -m mosaics_jax.main ARGS`` on all workers at once: ``jax.distributed`` finds the
 other workers from the TPU environment, and each worker reads its slice of the data.
 """
@@ -77,7 +79,7 @@ def setup_commands(a) -> list[list[str]]:
   install = " && ".join([
       f"mkdir -p ~/{REMOTE_DIR}", f"tar -xzf ~/{ARCHIVE.split('/')[-1]} -C ~/{REMOTE_DIR}",
       f"cd ~/{REMOTE_DIR}", "python3 -m venv .venv",
-      ".venv/bin/pip install -q -U pip", ".venv/bin/pip install -q -e . 'jax[tpu]'"])
+      ".venv/bin/pip install -q -U pip", ".venv/bin/pip install -q -e . 'jax[tpu]' gcsfs"])
   return [["git", "-C", str(ROOT), "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
           gcloud_tpu("tpu-vm", "scp", ARCHIVE, f"{a.name}:~/", "--worker=all",
                      zone=a.zone, project=a.project),
@@ -87,16 +89,14 @@ def setup_commands(a) -> list[list[str]]:
 def run_command(a) -> list[str]:
   if not a.args:
     raise LaunchError("no training arguments: add them after '--', e.g. -- "
-                      "--config=experiments/configs/quickstart.py --workdir=/mnt/shared/run")
+                      "--config=experiments/configs/quickstart.py --workdir=gs://BUCKET/run")
   workdir = next((x.split("=", 1)[1] for x in a.args if x.startswith("--workdir=")), "")
-  if "://" in workdir:
-    raise LaunchError(f"--workdir={workdir}: the trainer writes its workdir through the local "
-                      "filesystem and does not read gs:// paths yet; mount shared storage on "
-                      "every worker (Filestore, or the bucket with gcsfuse) and give its path.")
-  if not workdir.startswith("/") or workdir.startswith("/tmp"):
+  shared = workdir.startswith("gs://") or (workdir.startswith("/") and
+                                           not workdir.startswith("/tmp"))
+  if not shared:
     raise LaunchError(f"--workdir={workdir or '(missing)'}: every worker must read and write the "
-                      "same checkpoints; give an absolute path on storage that all workers "
-                      "mount, e.g. --workdir=/mnt/shared/runs/NAME.")
+                      "same checkpoints; give a bucket (--workdir=gs://BUCKET/runs/NAME) or an "
+                      "absolute path on storage that all workers mount (Filestore).")
   program = " ".join(shlex.quote(x) for x in ["python", "-m", "mosaics_jax.main", *a.args])
   env = f"{a.env} " if a.env else ""
   # nohup: the run outlives the ssh session; each worker keeps its log for ``logs``.

@@ -4,7 +4,7 @@ r"""The v1 paper's language-modelling runs: Memory Mosaic v1 against GPT-2 on st
 Command (the paper's setting; BabiStories files in their published format, one JSON string
 per line, from github.com/facebookresearch/MemoryMosaics; TinyStories files work the same):
     python -m mosaics_jax.main --config=experiments/configs/babistories_v1.py \
-        --workdir=/mnt/shared/babistories \
+        --workdir=/data/runs/babistories \
         --config.data.train_files=/data/BabiStories/traindataset.txt \
         --config.data.validation_files=/data/BabiStories/valdataset.txt
 Arguments, comma-separated: ``depth=N`` (blocks of both models; Figure 13 uses 1, 4, 8, 12),

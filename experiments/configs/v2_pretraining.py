@@ -2,7 +2,7 @@ r"""The v2 paper's pre-training: Memory Mosaic v2 and its Llama-style baseline, 
 
 Command:
     python -m mosaics_jax.main --config=experiments/configs/v2_pretraining.py:small \
-        --workdir=/mnt/shared/v2_small --config.data.train_files='/mnt/shared/mix/*.jsonl' \
+        --workdir=gs://BUCKET/v2_small --config.data.train_files='gs://BUCKET/mix/*.jsonl' \
         --config.data.validation_files=... --config.mesh.fsdp=-1 --config.mesh.data=1
 Arguments: ``small`` (24 blocks, d 2048, 16 heads, "llama-1.5B"), ``large`` (32 blocks,
 d 4096, 32 heads, 9.9B), ``gpt2`` (12 blocks, d 768, one GPU), ``cpu`` (a few minutes on

@@ -1,4 +1,4 @@
-"""Reading local text corpora into lists of documents.
+"""Reading text corpora (local files or objects in a bucket, ``gs://...``) into lists of documents.
 
 Formats (``format=``):
   * ``lines``: plain text, one document per non-empty line.
@@ -15,10 +15,10 @@ Paths may be globs and comma-separated lists; ``package:NAME`` names a corpus sh
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import pathlib
+
+from mosaics_jax import storage
 
 FORMATS = ("auto", "lines", "blocks", "jsonl", "babistories", "parquet")
 RESOURCES = pathlib.Path(__file__).resolve().parent / "resources"
@@ -36,7 +36,7 @@ def resolve_paths(patterns: str) -> list[str]:
   for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
     if pattern.startswith("package:"):
       pattern = str(RESOURCES / pattern[len("package:"):])
-    matches = sorted(glob.glob(os.path.expanduser(pattern)))
+    matches = storage.glob(pattern)
     if not matches:
       raise DataError(f"No file matches {pattern!r}: check the path (globs and comma-separated "
                       "lists are allowed; shipped corpora are 'package:tinystories/train.txt').")
@@ -50,8 +50,8 @@ def detect_format(path: str) -> str:
     return "jsonl"
   if suffix == ".parquet":
     return "parquet"
-  with open(path, encoding="utf-8", errors="replace") as f:
-    first = next((line for line in f if line.strip()), "")
+  with storage.path(path).open("rb") as f:
+    first = next((line for line in f if line.strip()), b"").decode("utf-8", "replace")
   try:
     if isinstance(json.loads(first), str):
       return "babistories"
@@ -66,13 +66,14 @@ def _read_one(path: str, fmt: str, text_field: str) -> list[str]:
       import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
     except ImportError as error:
       raise DataError(f"{path} is Parquet: install pyarrow (pip install pyarrow).") from error
-    table = pq.read_table(path)
+    with storage.path(path).open("rb") as f:
+      table = pq.read_table(f)
     if text_field not in table.column_names:
       raise DataError(f"{path} has no column {text_field!r} (columns: {table.column_names}); "
                       "set config.data.text_field.")
     return [str(t) for t in table.column(text_field).to_pylist() if t and str(t).strip()]
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.path(path).open(encoding="utf-8") as f:
       text = f.read()
   except UnicodeDecodeError as error:
     raise DataError(f"{path} is not UTF-8 text ({error}); convert it or choose the right file.") \

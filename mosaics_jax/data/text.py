@@ -17,29 +17,36 @@ The iterator's state is one integer (the next batch), saved with each checkpoint
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 
 import numpy as np
 
+from mosaics_jax import storage
 from mosaics_jax.data.corpus import DataError
 
 PACKINGS = ("random_windows", "documents")
 
 
-def encode_stream(documents, tokenizer, cache_path: str | None = None) -> np.ndarray:
-  """The token stream of a corpus (int32), cached as .npy and memory-mapped when a path is given."""
-  if cache_path and os.path.exists(cache_path):
-    return np.load(cache_path, mmap_mode="r")
+def encode_stream(documents, tokenizer, cache_path=None) -> np.ndarray:
+  """The token stream of a corpus (int32), cached as .npy when a path is given (memory-mapped
+  on a local disk, read into memory from a bucket)."""
+  if cache_path and storage.path(cache_path).exists():
+    return _load_stream(cache_path)
   eot = tokenizer.eot_id
   pieces = [np.asarray([eot] + ids, np.int32) for ids in tokenizer.encode(documents)]
   stream = np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
   if cache_path:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    temporary = f"{cache_path}.tmp{os.getpid()}.npy"
-    np.save(temporary, stream)
-    os.replace(temporary, cache_path)
-    return np.load(cache_path, mmap_mode="r")
+    encoded = io.BytesIO()
+    np.save(encoded, stream)
+    storage.write_bytes(cache_path, encoded.getvalue())
+    return _load_stream(cache_path)
   return stream
+
+
+def _load_stream(cache_path) -> np.ndarray:
+  if storage.is_remote(cache_path):
+    return np.load(io.BytesIO(storage.path(cache_path).read_bytes()))
+  return np.load(cache_path, mmap_mode="r")
 
 
 def segments_of(window: np.ndarray, eot: int) -> np.ndarray:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from typing import Sequence
 
 import numpy as np
 import sentencepiece as spm
 
+from mosaics_jax import storage
 from mosaics_jax.data.corpus import DataError
 
 MODEL_TYPES = ("unigram", "bpe")
@@ -30,8 +30,7 @@ class Tokenizer:
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
     try:
-      with open(path, "rb") as f:
-        return cls(f.read())
+      return cls(storage.path(path).read_bytes())
     except OSError as error:
       raise DataError(f"Cannot read tokenizer model {path!r}: {error}.") from error
     except RuntimeError as error:  # sentencepiece: not a model proto
@@ -52,9 +51,8 @@ class Tokenizer:
     ids = [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < self.vocab_size]
     return self._sp.decode(ids)
 
-  def save(self, path: str) -> None:
-    with open(path, "wb") as f:
-      f.write(self.model_proto)
+  def save(self, path) -> None:
+    storage.write_bytes(path, self.model_proto)
 
 
 def train_tokenizer(documents: Sequence[str], vocab_size: int, model_type: str = "unigram",
@@ -89,17 +87,14 @@ def fingerprint(documents: Sequence[str], **settings) -> str:
 
 
 def load_or_train(model_file: str, documents: Sequence[str], vocab_size: int, model_type: str,
-                  cache_dir: str) -> Tokenizer:
+                  cache_dir) -> Tokenizer:
   """The given model file, or one trained on ``documents`` and cached in ``cache_dir``."""
   if model_file:
     return Tokenizer.load(model_file)
   key = fingerprint(documents, vocab_size=vocab_size, model_type=model_type)
-  path = os.path.join(cache_dir, f"tokenizer-{key}.model")
-  if os.path.exists(path):
+  path = storage.path(cache_dir) / f"tokenizer-{key}.model"
+  if path.exists():
     return Tokenizer.load(path)
   tokenizer = train_tokenizer(documents, vocab_size, model_type)
-  os.makedirs(cache_dir, exist_ok=True)
-  temporary = f"{path}.tmp{os.getpid()}"
-  tokenizer.save(temporary)
-  os.replace(temporary, path)  # atomic: concurrent processes never read half a file
+  tokenizer.save(path)  # written whole: concurrent processes never read half a file
   return tokenizer

@@ -13,16 +13,14 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-from mosaics_jax import models
+from mosaics_jax import models, storage
 from mosaics_jax.data.tokenizer import Tokenizer
 
 policies = ocp.checkpoint_managers
@@ -32,13 +30,12 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used; the message says which one and what to do."""
 
 
-def check_model_config(run_dir: str, model_config: dict) -> None:
+def check_model_config(run_dir, model_config: dict) -> None:
   """Record the model config of a run, or check it against the recorded one."""
-  path = os.path.join(run_dir, "model_config.json")
+  path = storage.path(run_dir) / "model_config.json"
   current = json.loads(json.dumps(model_config))  # tuples -> lists, as stored
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f)
+  if path.exists():
+    recorded = json.loads(path.read_text())
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k)
                      and k not in ("dtype", "retrieval_implementation"))
     if changed:
@@ -48,14 +45,12 @@ def check_model_config(run_dir: str, model_config: dict) -> None:
           "or the original config to resume.")
     return
   if jax.process_index() == 0:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+    storage.write_bytes(path, json.dumps(current, indent=2, sort_keys=True).encode())
 
 
 class Checkpoints:
-  def __init__(self, directory: str, *, keep: int = 3, keep_best: bool = False):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory, *, keep: int = 3, keep_best: bool = False):
+    self.directory = storage.path(directory)
     preserve = [policies.LatestN(n=keep)]
     if keep_best:
       preserve.append(policies.BestN(get_metric_fn=lambda m: -m["validation_loss"], n=1,
@@ -88,7 +83,7 @@ class Checkpoints:
           data=grain.checkpoint.CheckpointRestore(data_iterator)))
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
       earlier = [s for s in self.steps() if s < step]
-      hint = (f"move {os.path.join(self.directory, str(step))} aside to resume from step "
+      hint = (f"move {self.directory / str(step)} aside to resume from step "
               f"{earlier[-1]}" if earlier else "start from scratch with a new --workdir")
       raise CheckpointError(f"Checkpoint step {step} in {self.directory} cannot be restored "
                             f"({type(error).__name__}: {error}). Nothing was deleted; {hint}.") \
@@ -113,23 +108,22 @@ class Run:
   step: int
 
 
-def load_run(workdir: str, name: str, step: int | None = None) -> Run:
-  """The model ``name`` of the experiment in ``workdir``: its config, the parameters of its
-  latest (or ``step``) checkpoint, and the experiment's tokenizer."""
-  run_dir = os.path.join(workdir, name)
-  config_path = os.path.join(run_dir, "model_config.json")
-  if not os.path.exists(config_path):
-    found = sorted(os.path.basename(os.path.dirname(p))
-                   for p in glob.glob(os.path.join(workdir, "*", "model_config.json")))
+def load_run(workdir, name: str, step: int | None = None) -> Run:
+  """The model ``name`` of the experiment in ``workdir`` (local or a bucket): its config, the
+  parameters of its latest (or ``step``) checkpoint, and the experiment's tokenizer."""
+  workdir = storage.path(workdir)
+  run_dir = workdir / name
+  config_path = run_dir / "model_config.json"
+  if not config_path.exists():
+    found = sorted(p.parent.name for p in workdir.glob("*/model_config.json"))
     raise CheckpointError(f"No model {name!r} in {workdir} (models there: {found}).")
-  with open(config_path) as f:
-    model = models.build_model(models.config_from_dict(json.load(f)))
-  manager = Checkpoints(os.path.join(run_dir, "checkpoints"))
+  model = models.build_model(models.config_from_dict(json.loads(config_path.read_text())))
+  manager = Checkpoints(run_dir / "checkpoints")
   step = manager.latest_step() if step is None else step
   manager.close()
   if step is None:
     raise CheckpointError(f"{run_dir} has no checkpoint yet.")
-  state_dir = os.path.join(run_dir, "checkpoints", str(step), "state")
+  state_dir = run_dir / "checkpoints" / str(step) / "state"
   try:
     state = ocp.StandardCheckpointer().restore(state_dir)
   except Exception as error:  # orbax raises many types for damaged files
@@ -149,15 +143,15 @@ def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:
   return workdir, name, run
 
 
-def _tokenizer(workdir: str) -> Tokenizer | None:
+def _tokenizer(workdir) -> Tokenizer | None:
   """The experiment's tokenizer: its given model file, else the one trained in workdir/data."""
-  config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      given = json.load(f).get("data", {}).get("tokenizer", {}).get("model_file")
+  config_path = workdir / "config.json"
+  if config_path.exists():
+    given = json.loads(config_path.read_text()).get("data", {}).get("tokenizer", {}).get(
+        "model_file")
     if given:
       return Tokenizer.load(given)
-  trained = sorted(glob.glob(os.path.join(workdir, "data", "tokenizer-*.model")))
+  trained = sorted(str(p) for p in (workdir / "data").glob("tokenizer-*.model"))
   if len(trained) > 1:
     raise CheckpointError(f"Several tokenizers in {workdir}/data: {trained}; keep one.")
   return Tokenizer.load(trained[0]) if trained else None

@@ -23,12 +23,12 @@ MFU = FLOPs/s per device / the device's peak dense bf16 FLOP/s (``PEAK_FLOPS``; 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import numpy as np
 
+from mosaics_jax import storage
 from mosaics_jax.models import MosaicConfig, TransformerConfig
 from mosaics_jax.train.tensorboard import EventWriter
 
@@ -93,21 +93,20 @@ def training_flops_per_token(params, config, seq_len: int) -> float:
 
 
 class MetricWriter:
-  """metrics.jsonl and TensorBoard events in ``logdir``; writes on process 0 only."""
+  """metrics.jsonl and TensorBoard events in ``logdir`` (local or a bucket); process 0 only."""
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir):
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      os.makedirs(logdir, exist_ok=True)
-      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+      self._jsonl = storage.GrowingFile(storage.path(logdir) / "metrics.jsonl")
       self._events = EventWriter(logdir)
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in values.items()}
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": int(step), "time": time.time(), **values}) + "\n"
+    self._jsonl.write(line.encode())
     self._events.scalars(int(step), values)
 
   def close(self) -> None:
@@ -116,12 +115,11 @@ class MetricWriter:
       self._events.close()
 
 
-def read_metrics(logdir: str) -> list[dict]:
-  path = os.path.join(logdir, "metrics.jsonl")
-  if not os.path.exists(path):
+def read_metrics(logdir) -> list[dict]:
+  path = storage.path(logdir) / "metrics.jsonl"
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def format_duration(seconds: float) -> str:

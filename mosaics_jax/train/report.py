@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mosaics_jax import storage  # noqa: E402
 from mosaics_jax.train import metrics  # noqa: E402
 
 
-def plot_losses(workdir: str, names, path: str) -> None:
+def plot_losses(workdir, names, path) -> None:
   """Training loss (solid) and validation loss (dots) against step, one colour per model."""
   figure, axis = plt.subplots(figsize=(7, 4.2))
   for index, name in enumerate(names):
-    rows = metrics.read_metrics(os.path.join(workdir, name))
+    rows = metrics.read_metrics(storage.path(workdir) / name)
     colour = f"C{index}"
     train = sorted({r["step"]: r["train/loss"] for r in rows if "train/loss" in r}.items())
     valid = sorted({r["step"]: r["eval/loss"] for r in rows if "eval/loss" in r}.items())
@@ -31,14 +32,17 @@ def plot_losses(workdir: str, names, path: str) -> None:
   axis.grid(alpha=0.3)
   axis.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  image = io.BytesIO()
+  figure.savefig(image, format="png", dpi=120)
   plt.close(figure)
+  storage.write_bytes(path, image.getvalue())
 
 
-def write(workdir: str, results: dict, data_description: str) -> str:
+def write(workdir, results: dict, data_description: str) -> str:
   """Write report.md and loss_curves.png in ``workdir``; print and return the table."""
+  workdir = storage.path(workdir)
   names = list(results)
-  plot_losses(workdir, names, os.path.join(workdir, "loss_curves.png"))
+  plot_losses(workdir, names, workdir / "loss_curves.png")
   rows = ["| model | kind | parameters | steps | validation loss | perplexity |",
           "| --- | --- | ---: | ---: | ---: | ---: |"]
   for name, result in results.items():
@@ -57,10 +61,10 @@ def write(workdir: str, results: dict, data_description: str) -> str:
       rows[row] += " " + " | ".join(f"{result.metrics[k]:.4f}" if k in result.metrics else "-"
                                     for k in extra) + " |"
   table = "\n".join(rows)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({name: {"parameters": r.parameters, "step": r.step,
-                      "validation_loss": r.validation_loss, "metrics": r.metrics}
-               for name, r in results.items()}, f, indent=2)
+  summary = {name: {"parameters": r.parameters, "step": r.step,
+                    "validation_loss": r.validation_loss, "metrics": r.metrics}
+             for name, r in results.items()}
+  storage.write_bytes(workdir / "results.json", json.dumps(summary, indent=2).encode())
   lines = ["# Results", "", f"Data: {data_description}.", "", table, "",
            "![loss curves](loss_curves.png)", "", "## Samples", ""]
   for name, result in results.items():
@@ -69,9 +73,8 @@ def write(workdir: str, results: dict, data_description: str) -> str:
     for prompt, continuation in result.samples:
       lines.append(f"* **{prompt}** {continuation}")
     lines.append("")
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write("\n".join(lines))
-  print(f"\n{table}\n\nReport: {os.path.join(workdir, 'report.md')}, curves: "
-        f"{os.path.join(workdir, 'loss_curves.png')}, TensorBoard: tensorboard --logdir {workdir}",
+  storage.write_bytes(workdir / "report.md", "\n".join(lines).encode())
+  print(f"\n{table}\n\nReport: {workdir / 'report.md'}, curves: "
+        f"{workdir / 'loss_curves.png'}, TensorBoard: tensorboard --logdir {workdir}",
         flush=True)
   return table

@@ -14,6 +14,8 @@ import socket
 import struct
 import time
 
+from mosaics_jax import storage
+
 
 def _crc32c_table():
   table = []
@@ -72,11 +74,10 @@ def _scalar_value(tag: str, value: float) -> bytes:
 class EventWriter:
   """Appends scalar summaries to ``<logdir>/events.out.tfevents.<time>.<host>``."""
 
-  def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
+  def __init__(self, logdir):
     name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-    self.path = os.path.join(logdir, name)
-    self._file = open(self.path, "ab")
+    self._file = storage.GrowingFile(storage.path(logdir) / name)
+    self.path = str(self._file.path)
     self._write(_event(0, time.time(), file_version="brain.Event:2"))
 
   def _write(self, record: bytes) -> None:
@@ -87,7 +88,6 @@ class EventWriter:
   def scalars(self, step: int, values: dict[str, float]) -> None:
     summary = b"".join(_field(1, _scalar_value(tag, float(v))) for tag, v in values.items())
     self._write(_event(step, time.time(), summary))
-    self._file.flush()
 
   def close(self) -> None:
     self._file.close()
@@ -123,11 +123,10 @@ def _fields(data: bytes):
     yield number, value
 
 
-def read_scalars(path: str) -> list[tuple[int, str, float]]:
+def read_scalars(path) -> list[tuple[int, str, float]]:
   """(step, tag, value) of every scalar in an event file; checks every CRC."""
   out = []
-  with open(path, "rb") as f:
-    data = f.read()
+  data = storage.path(path).read_bytes()
   pos = 0
   while pos < len(data):
     header = data[pos:pos + 8]

@@ -28,7 +28,7 @@ import optax
 
 from mosaics_jax import data as data_lib
 from mosaics_jax import evaluate as evaluate_lib
-from mosaics_jax import generate, losses, models
+from mosaics_jax import generate, losses, models, storage
 from mosaics_jax.train import checkpoint, metrics, optimizer as optimizer_lib, report, sharding
 from mosaics_jax.train.config import ConfigError, model_config, optimizer_config
 
@@ -239,12 +239,12 @@ def build_program(name: str, section, config, vocab_size: int, mesh) -> Program:
                  metrics.training_flops_per_token(abstract.params, model_cfg, config.data.seq_len))
 
 
-def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir: str,
+def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
                 mode: str) -> RunResult:
-  """Train and/or evaluate one model of the experiment in ``run_dir``."""
+  """Train and/or evaluate one model of the experiment in ``run_dir`` (an ``epath.Path``)."""
   program = build_program(name, section, config, data.vocab_size, mesh)
   checkpoint.check_model_config(run_dir, models.config_to_dict(program.model_config))
-  checkpoints = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"),
+  checkpoints = checkpoint.Checkpoints(run_dir / "checkpoints",
                                        keep=config.train.keep_checkpoints,
                                        keep_best=config.train.keep_best)
   train_iter = data.train_iterator()
@@ -308,12 +308,15 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
                                   metrics.device_peak_flops(override=cfg_train.peak_flops),
                                   num_steps)
   profile = _profile_window(cfg_train.profile_steps)
+  # The profiler writes through the local filesystem: a run in a bucket traces to local disk.
+  profile_dir = (os.path.join("/tmp/mosaics_jax_profile", name) if storage.is_remote(run_dir)
+                 else str(run_dir / "profile"))
   first_step, pending, started = step, [], time.time()
   preempted = False
   with Preemption() as preemption:
     while step < num_steps:
       if profile and step == profile[0]:
-        jax.profiler.start_trace(os.path.join(run_dir, "profile"))
+        jax.profiler.start_trace(profile_dir)
       local_batch = next(train_iter)
       throughput.count(local_batch["inputs"].size * jax.process_count())
       batch = sharding.global_batch(local_batch, mesh)
@@ -324,7 +327,7 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
       if profile and step == profile[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
-        log(f"[{name}] profiler trace of steps {profile[0]}-{profile[1]} in {run_dir}/profile")
+        log(f"[{name}] profiler trace of steps {profile[0]}-{profile[1]} in {profile_dir}")
 
       if step % cfg_train.log_every == 0 or step == num_steps or step == first_step + 1:
         history, pending = jax.device_get(pending), []
@@ -368,8 +371,9 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
 # The experiment.
 
 
-def train_and_evaluate(config, workdir: str, mode: str = "train_and_eval") -> dict[str, RunResult]:
-  """Train and/or evaluate every model of ``config.models`` in ``workdir/<name>``."""
+def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[str, RunResult]:
+  """Train and/or evaluate every model of ``config.models`` in ``workdir/<name>``; ``workdir``
+  is a local directory or a bucket (``gs://...``)."""
   if mode not in MODES:
     raise ConfigError(f"mode={mode!r}: choose one of {MODES}.")
   names = [n.strip() for n in config.train.models.split(",") if n.strip()] or list(config.models)
@@ -383,11 +387,10 @@ def train_and_evaluate(config, workdir: str, mode: str = "train_and_eval") -> di
                       f"({list(config.models)}): rename or remove them.")
   for name in names:
     optimizer_config(name, config)  # unknown fields fail before any data is built
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = storage.path(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    storage.write_bytes(workdir / "config.json",
+                        config.to_json_best_effort(indent=2, sort_keys=True).encode())
 
   mesh = sharding.make_mesh(config.mesh)
   data = data_lib.build(config.data, seed=config.seed, workdir=workdir,
@@ -397,7 +400,7 @@ def train_and_evaluate(config, workdir: str, mode: str = "train_and_eval") -> di
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     for name in names:
       results[name] = train_model(name, config.models[name], config, data, mesh,
-                                  os.path.join(workdir, name), mode)
+                                  workdir / name, mode)
       if results[name].preempted:
         return results
   if mode != "train" and jax.process_index() == 0:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TRAIN = ["--", "--config=experiments/configs/babistories_v1.py", "--workdir=/mnt/shared/mm",
+TRAIN = ["--", "--config=experiments/configs/babistories_v1.py", "--workdir=gs://bucket/mm",
          "--config.mesh.fsdp=-1"]
 
 
@@ -41,11 +41,11 @@ def test_tpu_up_creates_installs_and_runs_on_every_worker():
           "--zone=us-east5-a", "--project=proj"} <= set(create)
   assert archive[:2] == ["git", "-C"] and "HEAD" in archive
   assert scp[4] == "scp" and "--worker=all" in scp and "mm:~/" in scp
-  assert "--worker=all" in install and "jax[tpu]" in install[-3]
+  assert "--worker=all" in install and "-e . 'jax[tpu]' gcsfs" in install[-3]
   assert run[4] == "ssh" and "--worker=all" in run
   remote = next(x for x in run if x.startswith("--command=")).split("=", 1)[1]
   assert ("XLA_FLAGS=--xla_dump_to=/tmp/d nohup .venv/bin/python -m mosaics_jax.main "
-          "--config=experiments/configs/babistories_v1.py --workdir=/mnt/shared/mm "
+          "--config=experiments/configs/babistories_v1.py --workdir=gs://bucket/mm "
           "--config.mesh.fsdp=-1 >") in remote
   assert "on PREEMPTED (at most 3 times)" in out  # the preemption loop is announced
 
@@ -70,10 +70,11 @@ def test_tpu_queued_resources_and_defaults_per_family():
     (["run", "--name=a", "--zone=z", "--dry-run", "--", "--config=c",
       "--workdir=/tmp/run"], "storage that all workers mount"),
     (["run", "--name=a", "--zone=z", "--dry-run", "--", "--config=c",
-      "--workdir=gs://b/run"], "does not read gs:// paths yet"),
+      "--workdir=s3://b/run"], "give a bucket"),
     (["run", "--name=a", "--zone=z", "--dry-run"], "no training arguments"),
 ])
 def test_tpu_bad_arguments_fail_with_the_fix(args, message):
+  """A workdir every worker reaches (gs:// or a mount) passes; others fail with the fix."""
   code, out, err = _dry_run("tpu.py", *args)
   assert code != 0 and message in err and not out
 
@@ -113,7 +114,7 @@ def test_slurm_without_requeue_and_its_bad_arguments():
   assert "--requeue" not in script and "scontrol" not in script
   for args, message in [(["--", "--config=c"], "no --workdir"),
                         (["--nodes=2", "--", "--config=c", "--workdir=/tmp/x"], "node-local"),
-                        (["--", "--workdir=gs://b/x"], "through the local"),
+                        (["--", "--workdir=gs://b/x"], "sbatch writes through the filesystem"),
                         (["--time=forever", "--", "--workdir=/s/x"], "not a SLURM time"),
                         (["--nodes=0", "--", "--workdir=/s/x"], "must be >= 1")]:
     with pytest.raises(SystemExit, match=message):
