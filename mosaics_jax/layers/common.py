@@ -153,3 +153,23 @@ def unit_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   """
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps * eps)
+
+
+# What the backward pass keeps of each block (a model config's ``remat``): everything
+# (fastest, most memory), the outputs of the weight matmuls (the rest is recomputed), or only
+# the block's input (the whole block is recomputed: about one more forward pass).
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "block": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def block_class(cls: type[nn.Module], remat: str, decoding: bool) -> type[nn.Module]:
+  """``cls`` rematerialised with the policy named ``remat`` in training; as is when decoding.
+  ``cls.__call__(self, x, positions, segment_ids, long_term_skip, deterministic, ...)``:
+  ``deterministic`` (argument 5, counting ``self``) is static."""
+  if remat == "none" or decoding:
+    return cls
+  return nn.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=(5,))
+

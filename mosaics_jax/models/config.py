@@ -19,6 +19,7 @@ NORMS = ("layer", "rms")
 POSITIONS = ("learned", "rope", "alibi", "none")
 MLPS = ("gelu", "swiglu")
 DTYPES = ("float32", "bfloat16", "float16")
+REMATS = ("none", "dots", "block")  # layers/common.py: REMAT_POLICIES
 
 
 def _check(condition: bool, message: str) -> None:
@@ -35,6 +36,7 @@ def _check_common(config) -> None:
   _check(config.norm in NORMS, f"norm={config.norm!r}: choose one of {NORMS}.")
   if config.dtype is not None:
     compute_dtype(config.dtype)
+  _check(config.remat in REMATS, f"remat={config.remat!r}: choose one of {REMATS}.")
   for field in dataclasses.fields(config):
     if field.name.endswith("dropout"):
       value = getattr(config, field.name)
@@ -94,6 +96,7 @@ class MosaicConfig:
   # Numerics: params are float32; dtype is the matmul dtype (None: bf16 on GPU/TPU).
   dtype: str | None = None
   retrieval_implementation: str | None = None
+  remat: str = "none"  # what backward recomputes: "none", "dots" or "block" (REMATS)
 
   def __post_init__(self):
     _check(self.version in (1, 2), f"version={self.version}: Memory Mosaics come as 1 or 2.")
@@ -155,6 +158,7 @@ class TransformerConfig:
   residual_dropout: float = 0.0
   dtype: str | None = None
   retrieval_implementation: str | None = None
+  remat: str = "none"
 
   def __post_init__(self):
     _check_common(self)

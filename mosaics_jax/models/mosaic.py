@@ -135,9 +135,10 @@ class MosaicLM(nn.Module):
     x = nn.Dropout(cfg.embedding_dropout)(x, deterministic)
     if cfg.version == 2 and long_term_skip is None:
       long_term_skip = long_term_skip_for_step(cfg, deterministic, self.make_rng)
+    block = common.block_class(MosaicBlock, cfg.remat, decoding=chunk is not None)
     for layer in range(cfg.num_layers):
-      x = MosaicBlock(cfg, layer, name=f"block_{layer}")(x, positions, segment_ids,
-                                                         long_term_skip, deterministic, chunk)
+      x = block(cfg, layer, name=f"block_{layer}")(x, positions, segment_ids, long_term_skip,
+                                                   deterministic, chunk)
     # The official Library code (not nanoMosaics, not v2) scales the logits by 1/sqrt(d).
     library = cfg.version == 1 and cfg.official_variant == "library"
     return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype,

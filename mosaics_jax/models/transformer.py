@@ -90,8 +90,8 @@ class TransformerLM(nn.Module):
     x = nn.Dropout(cfg.embedding_dropout)(x, deterministic)
     if cfg.long_short_attention and long_term_skip is None:
       long_term_skip = long_term_skip_for_step(cfg, deterministic, self.make_rng)
+    block = common.block_class(TransformerBlock, cfg.remat, decoding=chunk is not None)
     for layer in range(cfg.num_layers):
-      x = TransformerBlock(cfg, layer, name=f"block_{layer}")(x, positions, segment_ids,
-                                                              long_term_skip, deterministic,
-                                                              chunk)
+      x = block(cfg, layer, name=f"block_{layer}")(x, positions, segment_ids, long_term_skip,
+                                                   deterministic, chunk)
     return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype)

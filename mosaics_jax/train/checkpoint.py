@@ -37,7 +37,7 @@ def check_model_config(run_dir, model_config: dict) -> None:
   if path.exists():
     recorded = json.loads(path.read_text())
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k)
-                     and k not in ("dtype", "retrieval_implementation"))
+                     and k not in ("dtype", "retrieval_implementation", "remat"))
     if changed:
       details = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
       raise CheckpointError(
