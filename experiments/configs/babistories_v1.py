@@ -10,7 +10,9 @@ per line, from github.com/facebookresearch/MemoryMosaics; TinyStories files work
 Arguments, comma-separated: ``depth=N`` (blocks of both models; Figure 13 uses 1, 4, 8, 12),
 ``positions`` (also train GPT-2 with RoPE and with ALiBi, for the attention analyses),
 ``cpu`` (2 blocks of d 128 on the TinyStories slice shipped with the package), ``tiny``
-(seconds; the tests). Then, on the workdirs:
+(seconds; the tests), ``pod=SLICE`` (mesh, accumulation and remat for a TPU slice or H100
+nodes, e.g. ``pod=v5p-32``, ``pod=h100x64``: ``python -m experiments.layouts``,
+docs/scaling.md). Then, on the workdirs:
     python -m mosaics_jax.evaluate.depth_curves --workdirs=DIR_d1,DIR_d4,... --output=OUT
     python -m mosaics_jax.evaluate.position_loss --run=DIR:mosaic --run=DIR:transformer \
         --text=../shared/data/simplewiki_turkcorpus/tune.8turkers.tok.simp --output=OUT
@@ -44,13 +46,14 @@ validation loss 3.685 for the Memory Mosaic and 3.694 for GPT-2. Our small-scale
 docs/results.md.
 """
 
+from experiments import layouts
 from mosaics_jax.train.config import base_config, model_section, parse_arg
 
 DEPTHS = (1, 4, 8, 12)  # Figure 13
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, ("cpu", "tiny", "depth", "positions"), "babistories_v1")
+  args = parse_arg(arg, ("cpu", "tiny", "depth", "positions", "pod"), "babistories_v1")
   cpu, tiny = args.get("cpu", False), args.get("tiny", False)
   config = base_config()
   config.seed = 1337
@@ -90,5 +93,10 @@ def get_config(arg: str = ""):
     for name in config.models:
       if name != "mosaic":
         config.optimizer_overrides[name] = dict(learning_rate=6e-3)
+  if "pod" in args:
+    if cpu or tiny or "depth" in args:
+      raise ValueError("babistories_v1: pod=NAME lays out the paper-scale config; drop cpu, "
+                       "tiny and depth.")
+    layouts.apply(config, "babistories_v1", "", args["pod"])
   config.lock()
   return config

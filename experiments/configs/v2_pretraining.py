@@ -6,7 +6,9 @@ Command:
         --config.data.validation_files=... --config.mesh.fsdp=-1 --config.mesh.data=1
 Arguments: ``small`` (24 blocks, d 2048, 16 heads, "llama-1.5B"), ``large`` (32 blocks,
 d 4096, 32 heads, 9.9B), ``gpt2`` (12 blocks, d 768, one GPU), ``cpu`` (a few minutes on
-the shipped TinyStories slice).
+the shipped TinyStories slice); with a size, ``pod=SLICE`` sets the mesh, accumulation and
+remat for a TPU slice or H100 nodes (``small,pod=v5p-128``; the slices and their memory per
+device: ``python -m experiments.layouts``, docs/scaling.md).
 
 Hardware and runtime: the paper used H100s (GPU-hours not reported): 200B tokens for small
 and 1T for large, in batches of 1024 x 4096 tokens; ``gpt2`` is sized for one H100.
@@ -24,6 +26,7 @@ cores, measured 2026-11-22): validation loss 3.63 for Memory Mosaic v2, 3.73 for
 transformer.
 """
 
+from experiments import layouts
 from mosaics_jax.train.config import base_config, model_section, parse_arg
 
 SIZES = {
@@ -34,7 +37,7 @@ SIZES = {
 
 
 def get_config(arg: str = "small"):
-  args = parse_arg(arg, (*SIZES, "cpu", "tiny", "ablations"), "v2_pretraining")
+  args = parse_arg(arg, (*SIZES, "cpu", "tiny", "ablations", "pod"), "v2_pretraining")
   cpu, tiny = args.get("cpu", False), args.get("tiny", False)
   sizes = [name for name in SIZES if name in args]
   if len(sizes) + cpu + tiny != 1:
@@ -81,5 +84,9 @@ def get_config(arg: str = "small"):
         mosaic, **size, **{**memories, "long_term_skip_train": (fixed, fixed)}, **mosaic_size)
     config.models.transformer_long_short = model_section(
         llama, **size, **memories, **llama_size, long_short_attention=True)
+  if "pod" in args:
+    if not sizes:
+      raise ValueError("v2_pretraining: pod=NAME lays out a paper-scale size, e.g. small,pod=v5p-128.")
+    layouts.apply(config, "v2_pretraining", sizes[0], args["pod"])
   config.lock()
   return config

@@ -1,0 +1,119 @@
+"""Device memory of a training step, computed from the model: what a pod layout must fit.
+
+Per device, on a mesh given by its shape alone (``jax.sharding.AbstractMesh``: no devices are
+needed, so the table of a 256-chip slice is computed on a laptop):
+
+  * parameters: float32, each leaf's shard under ``sharding.LOGICAL_RULES`` (as trained);
+  * optimizer state: the shards of ``jax.eval_shape(optimizer.init)`` (AdamW: two moments);
+  * gradients: one parameter-sized copy, two with gradient accumulation (the running sum);
+  * activations: the residuals JAX's autodiff saves for the backward pass of the loss on the
+    per-device micro-batch (``saved_residuals``: traced on abstract values, nothing runs),
+    without rematerialisation. Those of shape (..., T, T) are the retrieval weights and masks
+    of the XLA path, reported on their own (``retrieval_weights``): fused kernels (cuDNN flash
+    attention) keep O(T) softmax statistics instead, and these decide whether long contexts
+    fit.
+
+XLA's buffer assignment (fusions, temporaries, collectives' buffers) moves the true peak by
+some tens of percent either way; ``tests/train/test_memory.py`` compares the estimate with the
+compiled step's own accounting on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+# Public only as ``jax.ad_checkpoint.print_saved_residuals``, which prints the same list.
+from jax._src.ad_checkpoint import saved_residuals
+from jax.sharding import NamedSharding
+
+from mosaics_jax import losses, models
+from mosaics_jax.train import optimizer as optimizer_lib, sharding
+from mosaics_jax.train.config import model_config as model_config_of, optimizer_config
+
+GIB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Bytes per device of one training step. ``*_weights``: the T x T retrieval weights and
+  masks that only the XLA path keeps (fused kernels keep O(T) statistics instead)."""
+
+  parameters: int
+  optimizer: int
+  gradients: int
+  activations: int  # residuals kept for the backward pass, T x T ones excepted
+  retrieval_weights: int
+  recompute: int  # with rematerialised blocks: one block's residuals, rebuilt in its backward
+  recompute_weights: int
+
+  def total(self, fused: bool) -> int:
+    """The step's peak estimate with fused retrieval kernels (cuDNN) or the XLA path."""
+    weights = 0 if fused else self.retrieval_weights + self.recompute_weights
+    return (self.parameters + self.optimizer + self.gradients + self.activations +
+            self.recompute + weights)
+
+
+def _shard_bytes(tree, shardings) -> int:
+  return sum(math.prod(s.shard_shape(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+             for leaf, s in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(
+                 shardings, is_leaf=lambda x: isinstance(x, NamedSharding))))
+
+
+def _residuals(model_config, tokens: jax.ShapeDtypeStruct, params) -> tuple[int, int]:
+  """(bytes, T x T bytes) of what the backward pass of the loss keeps, parameters excepted."""
+  model = models.build_model(model_config)
+  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    residuals = saved_residuals(
+        lambda p, x: losses.cross_entropy(model.apply({"params": p}, x), x), params, tokens)
+  saved = [(aval.shape, aval.size * aval.dtype.itemsize) for aval, source in residuals
+           if not source.startswith("from the argument")]  # parameters, tokens: counted apart
+  square = tokens.shape[1:] * 2
+  return (sum(size for _, size in saved),
+          sum(size for shape, size in saved if shape[-2:] == square))
+
+
+def _abstract_params(model_config):
+  model = models.build_model(model_config)
+  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    return model, jax.eval_shape(lambda: nn.unbox(
+        model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+
+
+def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16") -> Memory:
+  """Bytes per device to train model ``name`` of the experiment ``config`` (its mesh, batch,
+  accumulation, sequence length, tokenizer size and ``remat``) on ``device_count``
+  accelerators, computing in ``dtype`` unless the model names its own. Activations are
+  counted whole on every device (the layouts here keep tensor = 1)."""
+  model_config = model_config_of(name, config.models[name], config.data.tokenizer.vocab_size)
+  model_config = dataclasses.replace(model_config, dtype=model_config.dtype or dtype)
+  settings = optimizer_config(name, config)
+  accumulation = settings.accumulation_steps
+  mesh_shape = sharding.mesh_shape(config.mesh, device_count)
+  mesh = jax.sharding.AbstractMesh(mesh_shape, sharding.MESH_AXES)
+  micro_batch = config.data.batch_size // (mesh_shape[0] * mesh_shape[1] * accumulation)
+  tokens = jax.ShapeDtypeStruct((micro_batch, config.data.seq_len), jnp.int32)
+  model, params = _abstract_params(model_config)
+  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    opt_state = jax.eval_shape(
+        optimizer_lib.make_optimizer(settings, config.train.num_steps).init, params)
+    param_shardings = sharding.logical_to_shardings(models.logical_axes(model), params, mesh)
+    opt_shardings = sharding.state_shardings(opt_state, param_shardings, mesh)
+  saved, weights = _residuals(model_config, tokens, params)
+  recompute = recompute_weights = 0
+  if model_config.remat != "none":  # one block's residuals: what remat removes from one layer
+    one_layer = dataclasses.replace(model_config, num_layers=1)
+    one_params = _abstract_params(one_layer)[1]
+    kept, kept_weights = _residuals(one_layer, tokens, one_params)
+    whole, whole_weights = _residuals(dataclasses.replace(one_layer, remat="none"), tokens,
+                                      one_params)
+    recompute, recompute_weights = whole - kept, whole_weights - kept_weights
+  parameter_bytes = _shard_bytes(params, param_shardings)
+  return Memory(parameters=parameter_bytes,
+                optimizer=_shard_bytes(opt_state, opt_shardings),
+                gradients=parameter_bytes * (2 if accumulation > 1 else 1),
+                activations=saved - weights, retrieval_weights=weights,
+                recompute=recompute - recompute_weights, recompute_weights=recompute_weights)
