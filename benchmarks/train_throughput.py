@@ -3,6 +3,8 @@ r"""Training throughput: tokens/s/device, TFLOP/s/device, MFU and peak memory of
     python benchmarks/train_throughput.py \
         --models=mosaic_v1_gpt2_small,gpt2_small --seq_len=512 --batch=16 --steps=20 --record
     python benchmarks/train_throughput.py --tiny      # a CPU smoke run (what the tests run)
+    python benchmarks/train_throughput.py --models=mosaic_v2_gpt2_small --seq_len=4096 \
+        --batch=1 --remat=block                       # what rematerialising each block costs
 
 Each model is a preset of ``mosaics_jax.models`` (``--tiny`` shrinks it), trained by the same
 jitted step as the trainer (``trainer.build_program``: sharded state, AdamW, donation) on
@@ -49,6 +51,7 @@ def _section(preset: str, args) -> tuple:
     overrides.update({f: 0.0 for f in fields if f.endswith("dropout")})
   if args.dtype:
     overrides["dtype"] = args.dtype
+  overrides["remat"] = args.remat
   overrides["context_length"] = max(args.seq_len, config.context_length)
   return model_section(preset, **overrides)
 
@@ -83,7 +86,8 @@ def measure(preset: str, args) -> dict:
   stats = jax.devices()[0].memory_stats() or {}
   return dict(model=preset, parameters=program.parameters, seq_len=args.seq_len,
               batch=args.batch, dtype=np.dtype(models.compute_dtype(section.dtype)).name,
-              step_ms=1000 * seconds, tokens_per_second_per_device=tokens_per_device,
+              remat=args.remat, step_ms=1000 * seconds,
+              tokens_per_second_per_device=tokens_per_device,
               tflops_per_device=tokens_per_device * program.flops_per_token / 1e12,
               mfu=(tokens_per_device * program.flops_per_token / peak) if peak else None,
               peak_memory_gib=(stats["peak_bytes_in_use"] / 2 ** 30
@@ -92,14 +96,16 @@ def measure(preset: str, args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| model | params | seq x batch | dtype | step (ms) | tokens/s/device | TFLOP/s/device "
-           "| MFU | peak memory (GiB) |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+  lines = ["| model | params | seq x batch | dtype | remat | step (ms) | tokens/s/device | "
+           "TFLOP/s/device | MFU | peak memory (GiB) |",
+           "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
   for r in rows:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
     memory = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a"
     lines.append(f"| {r['model']} | {r['parameters']:,} | {r['seq_len']} x {r['batch']} | "
-                 f"{r['dtype']} | {r['step_ms']:.1f} | {r['tokens_per_second_per_device']:,.0f} | "
-                 f"{r['tflops_per_device']:.3f} | {mfu} | {memory} |")
+                 f"{r['dtype']} | {r['remat']} | {r['step_ms']:.1f} | "
+                 f"{r['tokens_per_second_per_device']:,.0f} | {r['tflops_per_device']:.3f} | "
+                 f"{mfu} | {memory} |")
   return "\n".join(lines)
 
 
@@ -122,6 +128,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--dtype", default="", help="float32 / bfloat16 (default: per backend)")
+  parser.add_argument("--remat", default="none", help="none / dots / block (models' remat)")
   parser.add_argument("--fsdp", type=int, default=1)
   parser.add_argument("--tensor", type=int, default=1)
   parser.add_argument("--peak_flops", type=float, default=0.0)

@@ -14,7 +14,8 @@ def test_train_throughput_tiny(tmp_path, capsys):
   out = tmp_path / "rows.json"
   markdown = tmp_path / "benchmarks.md"
   rows = train_throughput.main(["--tiny", "--models=mosaic_v1_gpt2_small,llama_gpt2_small",
-                                "--json", str(out), "--record", "--markdown", str(markdown)])
+                                "--remat=dots", "--json", str(out), "--record", "--markdown",
+                                str(markdown)])
   assert [r["model"] for r in rows] == ["mosaic_v1_gpt2_small", "llama_gpt2_small"]
   for row in rows:
     assert row["step_ms"] > 0 and row["tokens_per_second_per_device"] > 0
@@ -22,7 +23,7 @@ def test_train_throughput_tiny(tmp_path, capsys):
     assert abs(expected - row["seq_len"] * row["batch"]) / (row["seq_len"] * row["batch"]) < 1e-6
     assert 3.0 < row["loss"] < 9.0
   assert json.loads(out.read_text()) == rows
-  assert "| mosaic_v1_gpt2_small |" in capsys.readouterr().out
+  assert "| mosaic_v1_gpt2_small |" in capsys.readouterr().out and rows[0]["remat"] == "dots"
   text = markdown.read_text()
   assert "### Training throughput" in text and "jax " in text and "--tiny" in text
 
@@ -40,3 +41,22 @@ def test_generate_benchmark_tiny(tmp_path):
     assert row["cached_tokens_per_second"] > 0 and row["uncached_tokens_per_second"] > 0
     assert row["speedup"] == row["cached_tokens_per_second"] / row["uncached_tokens_per_second"]
   assert "### Generation" in markdown.read_text()
+
+
+import retrieval as retrieval_benchmark  # noqa: E402  (benchmarks/retrieval.py)
+
+
+def test_retrieval_benchmark_tiny(tmp_path):
+  markdown = tmp_path / "benchmarks.md"
+  rows = retrieval_benchmark.main(["--tiny", "--lengths=64", "--record", "--markdown",
+                                   str(markdown), "--json", str(tmp_path / "rows.json")])
+  assert [(r["kind"], r["implementation"]) for r in rows] == [
+      ("contextual", "ours"), ("causal", "attention"), ("contextual", "reference"),
+      ("short_term", "ours"), ("short_term", "reference"),
+      ("long_term", "ours"), ("long_term", "reference")]
+  for row in rows:
+    assert row["ms"] > 0 and row["tflops"] > 0
+    if row["implementation"] == "ours":
+      assert row["max_error"] < 1e-5  # the fused path reads what the reference reads
+  assert json.loads((tmp_path / "rows.json").read_text()) == rows
+  assert "### Retrieval op" in markdown.read_text()
