@@ -9,8 +9,9 @@ tensor stays 1), the gradient accumulation (so that the per-device micro-batch f
 rematerialisation of each block. Memory per device is computed from the model
 (``mosaics_jax/train/memory.py``: parameter and optimizer shards by ``jax.eval_shape`` on the
 slice's abstract mesh, the backward pass's saved residuals); ``tests/experiments`` checks that
-every layout fits 90% of the device's memory. TPUs run retrieval on the XLA path, which keeps
-T x T weights; H100s run cuDNN's fused kernel, which does not.
+every layout fits 90% of the device's memory. TPU rows count the XLA path's T x T retrieval
+weights (a bound: the splash path, automatic on TPU, keeps none); H100s run cuDNN's fused
+kernel, which keeps none.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Accelerator:
   memory: float  # bytes of HBM per device (vendor figures: GB)
   peak_flops: float  # dense bf16 per device
   devices_per_unit: float  # devices per unit of the slice name (v5p names count TensorCores)
-  fused_retrieval: bool  # cuDNN flash attention (GPU); TPUs use the XLA path
+  fused_retrieval: bool  # counted as fused (cuDNN); TPU rows bound with the XLA path
 
 
 # Google Cloud TPU v5e / v5p / v6e and NVIDIA H100 SXM data sheets.

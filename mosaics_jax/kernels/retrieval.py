@@ -28,8 +28,13 @@ Implementations (``implementation=``):
     mask admits exactly the keys s <= t - skip; outputs are rolled back and the rows that
     see no pair are zeroed. A window becomes ``local_window_size=(window - skip - 1, 0)``.
     cuDNN runs it as flash attention on GPU (bf16/fp16); XLA elsewhere.
-  * ``None``: cuDNN on GPU when the dtype and head size allow it, else XLA; the reference
-    when weight dropout is active (the fused kernels have no dropout).
+  * ``"splash"``: Pallas splash attention, the TPU path (``kernels/splash.py``; the same
+    shift trick). It reads lengths in multiples of 128 without an additive bias; other calls
+    (a model's initialisation on a short input, decoding steps, ALiBi) go to XLA. Interpret
+    mode off TPU.
+  * ``None``: cuDNN on GPU when the dtype and head size allow it, splash on TPU when the
+    length and bias allow it, else XLA; the reference when weight dropout is active (the
+    fused kernels have no dropout).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Implementation = Literal["reference", "xla", "cudnn"]
-IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+Implementation = Literal["reference", "xla", "cudnn", "splash"]
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "splash")
 
 
 def visible_pairs(positions: jax.Array, skip, window: int | None) -> jax.Array:
@@ -70,7 +75,7 @@ def visibility_mask(query_positions: jax.Array, key_positions: jax.Array, skip,
   return mask
 
 
-def _scaled_queries(queries: jax.Array, query_scale: jax.Array | None) -> jax.Array:
+def scaled_queries(queries: jax.Array, query_scale: jax.Array | None) -> jax.Array:
   if query_scale is None:
     return queries
   scale = jnp.asarray(query_scale)
@@ -90,7 +95,7 @@ def retrieval_weights(queries: jax.Array, keys: jax.Array, *, skip=1,
   the queries' ``segment_ids`` unless ``key_segment_ids`` are given. Also the tool for
   attention analyses (average weight of the last query over positions).
   """
-  q = _scaled_queries(queries, query_scale).astype(jnp.float32)
+  q = scaled_queries(queries, query_scale).astype(jnp.float32)
   scores = jnp.einsum("btnh,bsnh->bnts", q, keys.astype(jnp.float32),
                       precision=jax.lax.Precision.HIGHEST)
   if bias is not None:
@@ -145,7 +150,7 @@ def retrieve_reference(queries, keys, values, *, skip=1, window=None, segment_id
   return out.astype(values.dtype)
 
 
-def _queries_with_pairs(length: int, skip, window: int | None,
+def queries_with_pairs(length: int, skip, window: int | None,
                         segment_ids: jax.Array | None) -> jax.Array:
   """(B|1, T) bool: True where the query can read at least one pair.
 
@@ -174,7 +179,7 @@ def retrieve_fused(queries, keys, values, *, skip=1, window=None, segment_ids=No
     if window <= skip:
       return jnp.zeros_like(values)
     local_window = (window - skip - 1, 0)
-  q = jnp.roll(_scaled_queries(queries, query_scale), -skip, axis=1)
+  q = jnp.roll(scaled_queries(queries, query_scale), -skip, axis=1)
   mask = None
   if segment_ids is not None:
     query_segments = jnp.roll(segment_ids, -skip, axis=1)
@@ -185,8 +190,11 @@ def retrieve_fused(queries, keys, values, *, skip=1, window=None, segment_ids=No
       q, keys, values, bias=bias, mask=mask, scale=1.0, is_causal=True,
       local_window_size=local_window, implementation=implementation)
   out = jnp.roll(out, skip, axis=1)
-  has_pairs = _queries_with_pairs(length, skip, window, segment_ids)
+  has_pairs = queries_with_pairs(length, skip, window, segment_ids)
   return jnp.where(has_pairs[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
+SPLASH_BLOCK = 128  # splash attention reads whole blocks of 128 positions
 
 
 def _cudnn_supports(dtype, head_dim: int) -> bool:
@@ -194,7 +202,8 @@ def _cudnn_supports(dtype, head_dim: int) -> bool:
 
 
 def resolve_implementation(implementation: str | None, dtype, head_dim: int,
-                           dropout_active: bool = False) -> Implementation:
+                           dropout_active: bool = False, length: int | None = None,
+                           has_bias: bool = False) -> Implementation:
   """Pick the implementation: the explicit choice, or the best one this backend supports."""
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Unknown retrieval implementation {implementation!r}; "
@@ -209,6 +218,9 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
     return implementation
   if jax.default_backend() == "gpu" and _cudnn_supports(jnp.dtype(dtype), head_dim):
     return "cudnn"
+  if (jax.default_backend() == "tpu" and length is not None and
+      length % SPLASH_BLOCK == 0 and not has_bias):
+    return "splash"
   return "xla"
 
 
@@ -229,7 +241,8 @@ def retrieve(queries: jax.Array, keys: jax.Array, values: jax.Array, *, skip=1,
     query_scale: (B|1, T, H) per-query factor (v2's adaptive bandwidth beta(n_t)).
     bias: additive scores, broadcastable to (B, H, T, T), in (query, key) positions (ALiBi).
     dropout_rate, dropout_rng: inverted dropout on the weights (reference only).
-    implementation: "reference", "xla", "cudnn" or None (automatic, see module docstring).
+    implementation: "reference", "xla", "cudnn", "splash" or None (automatic, see the module
+      docstring).
 
   Returns:
     (B, T, H, D) in the dtype of ``values``; zero where a query reads no pair.
@@ -242,11 +255,18 @@ def retrieve(queries: jax.Array, keys: jax.Array, values: jax.Array, *, skip=1,
   if window is not None and window < 1:
     raise ValueError(f"window must be >= 1 or None, got {window}.")
   impl = resolve_implementation(implementation, queries.dtype, queries.shape[-1],
-                                dropout_active=dropout_rate > 0.0)
+                                dropout_active=dropout_rate > 0.0, length=queries.shape[1],
+                                has_bias=bias is not None)
   if impl == "reference":
     return retrieve_reference(queries, keys, values, skip=skip, window=window,
                               segment_ids=segment_ids, query_scale=query_scale, bias=bias,
                               dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  if impl == "splash" and (bias is not None or queries.shape[1] % SPLASH_BLOCK):
+    impl = "xla"
+  if impl == "splash":
+    from mosaics_jax.kernels import splash  # pylint: disable=import-outside-toplevel
+    return splash.retrieve_splash(queries, keys, values, skip=skip, window=window,
+                                  segment_ids=segment_ids, query_scale=query_scale)
   return retrieve_fused(queries, keys, values, skip=skip, window=window,
                         segment_ids=segment_ids, query_scale=query_scale, bias=bias,
                         implementation=impl)

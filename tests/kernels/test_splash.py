@@ -1,0 +1,77 @@
+"""The TPU path (Pallas splash attention) against the reference, in Pallas interpret mode."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mosaics_jax import models
+from mosaics_jax.kernels import retrieval, splash
+
+T, H, D = 256, 2, 32
+
+
+def inputs(seed=0):
+  q, k, v = (jax.random.normal(r, (2, T, H, D)) for r in jax.random.split(jax.random.key(seed), 3))
+  k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+  segments = jnp.asarray([[0] * 100 + [1] * 156, [3] * T])
+  return 4.0 * q, k, v, segments
+
+
+@pytest.mark.parametrize("skip, window, with_segments", [
+    (1, None, False),   # v1's contextual memory and v2's long-term memory at m = 1
+    (1, 40, True),      # v2's short-term memory, packed documents
+    (64, None, True),   # v2's long-term memory at inference (m = 64)
+    ("traced", None, True),  # v2's stochastic m in training
+])
+def test_splash_reads_what_the_reference_reads(skip, window, with_segments):
+  q, k, v, segments = inputs()
+  segments = segments if with_segments else None
+  scale = jnp.linspace(0.5, 1.5, T)[None, :, None] * jnp.ones((1, 1, H))  # v2's beta(n_t)
+
+  def read(implementation, q, k, v, skip):
+    return retrieval.retrieve(q, k, v, skip=skip, window=window, segment_ids=segments,
+                              query_scale=scale, implementation=implementation)
+
+  if skip == "traced":
+    run = lambda impl, *x: jax.jit(lambda q, k, v, m: read(impl, q, k, v, m))(*x, jnp.int32(37))
+  else:
+    run = lambda impl, *x: read(impl, *x, skip)
+  np.testing.assert_allclose(run("splash", q, k, v), run("reference", q, k, v), atol=2e-5)
+  cotangent = jax.random.normal(jax.random.key(9), v.shape)
+  grads = lambda impl: jax.grad(lambda q, k, v: jnp.sum(run(impl, q, k, v) * cotangent),
+                                argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads("splash"), grads("reference")):
+    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-3)
+
+
+def test_a_v2_model_on_the_splash_path_matches_the_reference():
+  config = models.model_config("mosaic_v2_small", num_layers=1, embed_dim=64, num_heads=2,
+                               ffn_hidden_dim=64, vocab_size=64, context_length=128,
+                               short_term_window=32, long_term_skip_train=(8, 32),
+                               long_term_skip_eval=8)
+  tokens = jax.random.randint(jax.random.key(0), (1, 128), 0, 64)
+  logits = {}
+  for implementation in ("splash", "reference"):
+    model = models.build_model(dataclasses.replace(config,
+                                                   retrieval_implementation=implementation))
+    params = models.init_params(model, jax.random.key(1))
+    logits[implementation] = model.apply({"params": params}, tokens, deterministic=False,
+                                         rngs={"dropout": jax.random.key(2)})  # m drawn: traced
+  np.testing.assert_allclose(logits["splash"], logits["reference"], atol=2e-4)
+
+
+def test_splash_is_chosen_only_where_it_applies():
+  assert splash.supports(256, has_bias=False) and not splash.supports(200, has_bias=False)
+  assert not splash.supports(256, has_bias=True)
+  assert retrieval.resolve_implementation(None, jnp.float32, 64, length=256) == "xla"  # a CPU
+  with pytest.raises(ValueError, match="multiple of 128"):
+    short = jnp.zeros((1, 200, H, D))
+    splash.retrieve_splash(short, short, short)
+  q, k, v, _ = inputs()  # asked for, but with a bias (ALiBi): XLA reads it
+  bias = jax.random.normal(jax.random.key(4), (1, H, T, T))
+  np.testing.assert_allclose(
+      retrieval.retrieve(q, k, v, bias=bias, implementation="splash"),
+      retrieval.retrieve(q, k, v, bias=bias, implementation="reference"), atol=2e-5)
