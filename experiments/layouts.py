@@ -101,8 +101,9 @@ HEADER = ("| config | pod | devices | mesh (data x fsdp) | micro-batch x accumul
           "| ---: |")
 
 
-def rows(experiment: str, size: str, slice_name: str) -> list[str]:
-  """The table rows (one per model) of a layout, memory per device in GiB, computed now."""
+def rows(experiment: str, size: str, slice_name: str, names=None) -> list[str]:
+  """The table rows of a layout (one per model, or per model of ``names``), memory per device
+  in GiB, computed now."""
   from experiments import registry  # pylint: disable=import-outside-toplevel
   from mosaics_jax.train import memory  # pylint: disable=import-outside-toplevel
   gib = 1024 ** 3
@@ -111,7 +112,7 @@ def rows(experiment: str, size: str, slice_name: str) -> list[str]:
   config = registry.get_config(experiment, ",".join(filter(None, [size, f"pod={slice_name}"])))
   micro = config.data.batch_size // (devices * layout.accumulation)
   out = []
-  for name in config.models:
+  for name in names or config.models:
     used = memory.training_memory(config, name, devices)
     total = used.total(fused=chip.fused_retrieval)
     weights = 0 if chip.fused_retrieval else used.retrieval_weights + used.recompute_weights
