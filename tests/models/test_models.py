@@ -109,11 +109,17 @@ def test_dropout_only_in_training(built):
   assert has_randomness == differs, name
 
 
-@pytest.mark.parametrize("remat", ["dots", "block"])
-def test_rematerialised_blocks_give_the_same_gradients_and_save_less(built, remat):
+# Every architecture recomputing whole blocks; the Memory Mosaics also with saved matmuls.
+REMAT_CASES = [(name, "block") for name in sorted(ARCHITECTURES)] + [
+    (name, "dots") for name in sorted(ARCHITECTURES) if name.startswith("mosaic")]
+
+
+@pytest.mark.parametrize("name, remat", REMAT_CASES)
+def test_rematerialised_blocks_give_the_same_gradients_and_save_less(name, remat):
   """With dropout on: the recomputed forward draws the same masks."""
   from jax._src.ad_checkpoint import saved_residuals  # pylint: disable=import-outside-toplevel
-  name, model, params = built
+  model = models.build_model(ARCHITECTURES[name])
+  params = models.init_params(model, jax.random.key(0))
   rematerialised = models.build_model(dataclasses.replace(model.config, remat=remat))
 
   def loss(model, params):
