@@ -38,6 +38,7 @@ import jax  # noqa: E402
 # Faster CPU compiles for small test programs (as flax's lm1b train_test does), and a
 # compilation cache shared by the tests and the command-line runs they start.
 jax.config.update("jax_disable_most_optimizations", True)
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # the command lines the tests start
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax"))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
