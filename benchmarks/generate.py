@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import pathlib
 import sys
 import time
 
@@ -31,7 +27,8 @@ import numpy as np
 
 from mosaics_jax import generate, models
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import recording  # benchmarks/recording.py, beside this script
+
 TINY = dict(num_layers=2, embed_dim=64, num_heads=4, vocab_size=512, persistent_slots=64,
             ffn_hidden_dim=128, mlp_hidden_dim=128, short_term_window=16,
             long_term_skip_train=(4, 16), long_term_skip_eval=4)
@@ -110,9 +107,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--dtype", default="")
   parser.add_argument("--tiny", action="store_true", help="CPU-sized models, contexts 64,128")
-  parser.add_argument("--json", default="")
-  parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-  parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+  recording.add_flags(parser)
   argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(argv)
   contexts = [int(c) for c in args.contexts.split(",")]
@@ -120,17 +115,8 @@ def main(argv=None) -> list[dict]:
     contexts, args.new_tokens = [64, 128], min(args.new_tokens, 8)
   rows = [measure(preset.strip(), context, args)
           for preset in args.models.split(",") if preset.strip() for context in contexts]
-  print(table(rows))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
-  if args.record:
-    device = jax.devices()[0]
-    with open(args.markdown, "a") as f:
-      f.write(f"\n### Generation, {datetime.date.today().isoformat()}\n\nDevice: "
-              f"{device.device_kind} ({jax.default_backend()}), jax {jax.__version__}. Command: "
-              f"`python benchmarks/generate.py {' '.join(argv)}`\n\n{table(rows)}\n")
+  recording.report(rows, table(rows), args, "Generation", "generate.py", argv,
+                   recording.device())
   return rows
 
 

@@ -27,10 +27,6 @@ with the device, jax version, date and command.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import pathlib
 import sys
 import time
 
@@ -39,7 +35,8 @@ import jax.numpy as jnp
 
 from mosaics_jax.kernels import retrieval
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import recording  # benchmarks/recording.py, beside this script
+
 KINDS = ("contextual", "short_term", "long_term")
 IMPLEMENTATIONS = ("ours", "attention", "reference")
 
@@ -116,15 +113,6 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def record(rows: list[dict], path: pathlib.Path, argv: list[str]) -> None:
-  device = jax.devices()[0]
-  header = (f"\n### Retrieval op, {datetime.date.today().isoformat()}\n\n"
-            f"Device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}. "
-            f"Command: `python benchmarks/retrieval.py {' '.join(argv)}`\n\n")
-  with open(path, "a") as f:
-    f.write(header + table(rows) + "\n")
-
-
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--lengths", default="", help="default 512,2048,8192,32768 (tiny: 64,128)")
@@ -139,9 +127,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--max_reference_length", type=int, default=8192)
   parser.add_argument("--tiny", action="store_true", help="CPU-sized: T 64 and 128, 2 heads")
-  parser.add_argument("--json", default="", help="write the rows to this JSON file")
-  parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-  parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+  recording.add_flags(parser)
   argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(argv)
   if args.tiny:
@@ -155,13 +141,8 @@ def main(argv=None) -> list[dict]:
     parser.error(f"unknown {unknown}: implementations are {IMPLEMENTATIONS}, kinds {KINDS}")
   rows = [row for length in (int(x) for x in args.lengths.split(",")) for kind in kinds
           for row in measure(length, kind, args, with_attention=kind == kinds[0])]
-  print(table(rows))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
-  if args.record:
-    record(rows, pathlib.Path(args.markdown), argv)
+  recording.report(rows, table(rows), args, "Retrieval op", "retrieval.py", argv,
+                   recording.device())
   return rows
 
 

@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import pathlib
 import sys
 import time
 
@@ -37,7 +33,8 @@ from mosaics_jax import models
 from mosaics_jax.train import metrics, sharding, trainer
 from mosaics_jax.train.config import base_config, model_section
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import recording  # benchmarks/recording.py, beside this script
+
 TINY = dict(num_layers=2, embed_dim=64, num_heads=4, vocab_size=512, persistent_slots=64,
             ffn_hidden_dim=128, mlp_hidden_dim=128, short_term_window=16,
             long_term_skip_train=(4, 16), long_term_skip_eval=4)
@@ -109,16 +106,6 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def record(rows: list[dict], path: pathlib.Path, argv: list[str]) -> None:
-  device = jax.devices()[0]
-  header = (f"\n### Training throughput, {datetime.date.today().isoformat()}\n\n"
-            f"Device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), "
-            f"jax {jax.__version__}. Command: "
-            f"`python benchmarks/train_throughput.py {' '.join(argv)}`\n\n")
-  with open(path, "a") as f:
-    f.write(header + table(rows) + "\n")
-
-
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="mosaic_v1_gpt2_small,mosaic_v2_gpt2_small,gpt2_small,"
@@ -134,22 +121,15 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--peak_flops", type=float, default=0.0)
   parser.add_argument("--dropout", action="store_true", help="keep the presets' dropout")
   parser.add_argument("--tiny", action="store_true", help="CPU-sized models, seq 64, batch 8")
-  parser.add_argument("--json", default="", help="write the rows to this JSON file")
-  parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-  parser.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"))
+  recording.add_flags(parser)
   argv = sys.argv[1:] if argv is None else argv
   args = parser.parse_args(argv)
   if args.tiny:
     args.seq_len, args.batch, args.steps = min(args.seq_len, 64), min(args.batch, 8), min(
         args.steps, 3)
   rows = [measure(preset.strip(), args) for preset in args.models.split(",") if preset.strip()]
-  print(table(rows))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
-  if args.record:
-    record(rows, pathlib.Path(args.markdown), argv)
+  recording.report(rows, table(rows), args, "Training throughput", "train_throughput.py", argv,
+                   recording.device(count_devices=True))
   return rows
 
 
