@@ -166,19 +166,34 @@ def queries_with_pairs(length: int, skip, window: int | None,
   return has_pairs
 
 
+def shifted_reach(skip, window: int | None) -> int | None:
+  """For kernels read with the shift trick (queries rolled back by ``skip``): how many pairs
+  before t - skip a window lets query t read; None without a window, negative when the window
+  holds no pair. A window needs a Python int skip (the kernels' masks are static)."""
+  if window is None:
+    return None
+  if not isinstance(skip, (int, np.integer)):
+    raise ValueError("A window with a traced skip has no fused form; pass a Python int skip "
+                     "or implementation='reference'.")
+  return window - skip - 1
+
+
+def unshift(out: jax.Array, skip, window: int | None, segment_ids) -> jax.Array:
+  """(B, T, H, D) rows of a shifted kernel rolled forward to their queries; rows of queries
+  that read no pair are zeroed."""
+  out = jnp.roll(out, skip, axis=1)
+  has_pairs = queries_with_pairs(out.shape[1], skip, window, segment_ids)
+  return jnp.where(has_pairs[:, :, None, None], out, jnp.zeros((), out.dtype))
+
+
 def retrieve_fused(queries, keys, values, *, skip=1, window=None, segment_ids=None,
                    query_scale=None, bias=None,
                    implementation: Literal["xla", "cudnn"] = "xla") -> jax.Array:
   """``jax.nn.dot_product_attention`` with the shift trick (see the module docstring)."""
-  length = queries.shape[1]
-  local_window = None
-  if window is not None:
-    if not isinstance(skip, (int, np.integer)):
-      raise ValueError("A window with a traced skip has no fused form; pass a Python int skip "
-                       "or implementation='reference'.")
-    if window <= skip:
-      return jnp.zeros_like(values)
-    local_window = (window - skip - 1, 0)
+  reach = shifted_reach(skip, window)
+  if reach is not None and reach < 0:
+    return jnp.zeros_like(values)
+  local_window = None if reach is None else (reach, 0)
   q = jnp.roll(scaled_queries(queries, query_scale), -skip, axis=1)
   mask = None
   if segment_ids is not None:
@@ -189,9 +204,7 @@ def retrieve_fused(queries, keys, values, *, skip=1, window=None, segment_ids=No
   out = jax.nn.dot_product_attention(
       q, keys, values, bias=bias, mask=mask, scale=1.0, is_causal=True,
       local_window_size=local_window, implementation=implementation)
-  out = jnp.roll(out, skip, axis=1)
-  has_pairs = queries_with_pairs(length, skip, window, segment_ids)
-  return jnp.where(has_pairs[:, :, None, None], out, jnp.zeros((), out.dtype))
+  return unshift(out, skip, window, segment_ids)
 
 
 SPLASH_BLOCK = 128  # splash attention reads whole blocks of 128 positions

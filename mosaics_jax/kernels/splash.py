@@ -18,11 +18,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
-from mosaics_jax.kernels.retrieval import SPLASH_BLOCK as BLOCK, queries_with_pairs, scaled_queries
+from mosaics_jax.kernels.retrieval import (SPLASH_BLOCK as BLOCK, scaled_queries,
+                                          shifted_reach, unshift)
 
 BLOCK_SIZES = (512, 256, 128)  # the largest that divides the length is used
 
@@ -52,14 +52,9 @@ def retrieve_splash(queries, keys, values, *, skip=1, window=None, segment_ids=N
   if not supports(length, has_bias=False):
     raise ValueError(f"The splash path needs a length that is a multiple of {BLOCK}, got "
                      f"{length}; use implementation='xla' (or None: automatic).")
-  reach = None
-  if window is not None:
-    if not isinstance(skip, (int, np.integer)):
-      raise ValueError("A window with a traced skip has no splash form; pass a Python int skip "
-                       "or implementation='reference'.")
-    if window <= skip:
-      return jnp.zeros_like(values)
-    reach = window - skip - 1
+  reach = shifted_reach(skip, window)
+  if reach is not None and reach < 0:
+    return jnp.zeros_like(values)
   interpret = jax.default_backend() != "tpu" if interpret is None else interpret
   kernel = _kernel(length, heads, reach, interpret)
   by_head = lambda x: jnp.swapaxes(x, 1, 2)  # (B, T, H, D) <-> (B, H, T, D)
@@ -71,7 +66,4 @@ def retrieve_splash(queries, keys, values, *, skip=1, window=None, segment_ids=N
     ids = splash.SegmentIds(q=jnp.roll(segment_ids, -skip, axis=1).astype(jnp.int32),
                             kv=jnp.broadcast_to(segment_ids, (batch, length)).astype(jnp.int32))
     out = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids))(q, k, v, ids)
-  out = jnp.roll(by_head(out), skip, axis=1)
-  has_pairs = queries_with_pairs(length, skip, window, segment_ids)
-  return jnp.where(has_pairs[:, :, None, None], out, jnp.zeros((), out.dtype)).astype(
-      values.dtype)
+  return unshift(by_head(out), skip, window, segment_ids).astype(values.dtype)
