@@ -39,7 +39,8 @@ def encode_stream(documents, tokenizer, cache_path=None) -> np.ndarray:
     encoded = io.BytesIO()
     np.save(encoded, stream)
     storage.write_bytes(cache_path, encoded.getvalue())
-    return _load_stream(cache_path)
+    if not storage.is_remote(cache_path):  # memory-mapped; a bucket's copy is the one in hand
+      return _load_stream(cache_path)
   return stream
 
 
