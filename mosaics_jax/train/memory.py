@@ -76,13 +76,6 @@ def _residuals(model_config, tokens: jax.ShapeDtypeStruct, params) -> tuple[int,
           sum(size for shape, size in saved if shape[-2:] == square))
 
 
-def _abstract_params(model_config):
-  model = models.build_model(model_config)
-  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    return model, jax.eval_shape(lambda: nn.unbox(
-        model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
-
-
 def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16") -> Memory:
   """Bytes per device to train model ``name`` of the experiment ``config`` (its mesh, batch,
   accumulation, sequence length, tokenizer size and ``remat``) on ``device_count``
@@ -96,7 +89,8 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
   mesh = jax.sharding.AbstractMesh(mesh_shape, sharding.MESH_AXES)
   micro_batch = config.data.batch_size // (mesh_shape[0] * mesh_shape[1] * accumulation)
   tokens = jax.ShapeDtypeStruct((micro_batch, config.data.seq_len), jnp.int32)
-  model, params = _abstract_params(model_config)
+  model = models.build_model(model_config)
+  params = models.abstract_params(model)
   with nn.logical_axis_rules(sharding.LOGICAL_RULES):
     opt_state = jax.eval_shape(
         optimizer_lib.make_optimizer(settings, config.train.num_steps).init, params)
@@ -106,7 +100,7 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
   recompute = recompute_weights = 0
   if model_config.remat != "none":  # one block's residuals: what remat removes from one layer
     one_layer = dataclasses.replace(model_config, num_layers=1)
-    one_params = _abstract_params(one_layer)[1]
+    one_params = models.abstract_params(models.build_model(one_layer))
     kept, kept_weights = _residuals(one_layer, tokens, one_params)
     whole, whole_weights = _residuals(dataclasses.replace(one_layer, remat="none"), tokens,
                                       one_params)
