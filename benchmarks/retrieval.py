@@ -10,16 +10,20 @@ queries, keys and values, each jitted as ``value_and_grad`` of ``sum(out * cotan
 * ``ours``: ``kernels.retrieval.retrieve`` with its automatic choice (cuDNN flash attention on
   a GPU in bf16/fp16, XLA elsewhere), for the memory kind:
   ``contextual`` (v1 and v2's long-term memory: pairs s <= t - 1), ``short_term`` (v2: the
-  last ``--window`` pairs) and ``long_term`` (v2: pairs s <= t - m, m = ``--skip``);
+  last ``--window`` pairs) and ``long_term`` (v2: pairs s <= t - m, m = ``--skip``); and
+  ``persistent``, v1's slot read (``kernels.slots.read_slots``: keys and values are
+  ``--slots`` learned slots per head; cuDNN on a GPU, recomputed probabilities elsewhere);
 * ``attention``: ``jax.nn.dot_product_attention(is_causal=True)``, ordinary causal attention on
   the same shapes (what a transformer pays), automatic implementation;
 * ``reference``: the explicit T x T einsum of ``retrieve_reference`` (skipped above
-  ``--max_reference_length``: its memory grows as T^2).
+  ``--max_reference_length``: its memory grows as T^2); for ``persistent``, the einsums of
+  ``read_slots_reference``, which keep the T x N probabilities.
 
 Times are the best of ``--repeats`` after a compiling run. TFLOP/s counts the causal half of
-the score and value matmuls: forward 2 * 2 * B * H * D * T^2 / 2, backward 2.5 times that
-(flash attention's recomputation excluded), so a fused kernel and the reference are credited
-the same work. ``max error`` is the largest difference from the reference output where the
+the score and value matmuls: forward 2 * 2 * B * H * D * T^2 / 2, backward 2.5 times that (the
+five matmuls of flash attention's backward, the scores' recomputation included), so a fused
+kernel and the reference are credited the same work; ``persistent`` has N slots in place of
+the T / 2 visible pairs. ``max error`` is the largest difference from the reference output where the
 reference ran. ``--json`` writes the rows; ``--record`` appends them to docs/benchmarks.md
 with the device, jax version, date and command.
 """
@@ -33,16 +37,21 @@ import time
 import jax
 import jax.numpy as jnp
 
-from mosaics_jax.kernels import retrieval
+from mosaics_jax.kernels import retrieval, slots
 
 import recording  # benchmarks/recording.py, beside this script
 
-KINDS = ("contextual", "short_term", "long_term")
+KINDS = ("contextual", "short_term", "long_term", "persistent")
 IMPLEMENTATIONS = ("ours", "attention", "reference")
 
 
 def _reader(implementation: str, kind: str, args):
-  """(q, k, v) -> (B, T, H, D) for one implementation and memory kind."""
+  """(q, k, v) -> (B, T, H, D) for one implementation and memory kind; for ``persistent``,
+  k and v are (1, H, N, D) slots."""
+  if kind == "persistent":
+    if implementation == "reference":
+      return slots.read_slots_reference
+    return slots.read_slots
   skip = {"contextual": 1, "short_term": 1, "long_term": args.skip}[kind]
   window = args.window if kind == "short_term" else None
   if implementation == "attention":
@@ -74,7 +83,12 @@ def measure(length: int, kind: str, args, with_attention: bool = True) -> list[d
   k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
   q = 8.0 * q / jnp.linalg.norm(q, axis=-1, keepdims=True)
   q, k, v = (x.astype(dtype) for x in (q, k, v))
-  flops = 3.5 * 2 * args.batch * args.heads * args.head_dim * length * length
+  pairs = length / 2  # read per query on average
+  if kind == "persistent":  # float32 slot parameters, as the model holds them
+    slot_shape = (1, args.heads, args.slots, args.head_dim)
+    k, v = (jax.random.normal(r, slot_shape) for r in jax.random.split(keys_rng[1]))
+    pairs = args.slots
+  flops = 3.5 * 2 * 2 * args.batch * args.heads * args.head_dim * length * pairs
   rows, reference_out = [], None
   for implementation in args.implementations:
     if ((implementation == "reference" and length > args.max_reference_length) or
@@ -123,6 +137,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--head_dim", type=int, default=64)
   parser.add_argument("--window", type=int, default=256, help="short-term memory's h")
   parser.add_argument("--skip", type=int, default=64, help="long-term memory's m")
+  parser.add_argument("--slots", type=int, default=2688, help="persistent memory's N")
   parser.add_argument("--dtype", default="", help="default: bfloat16 on accelerators, else f32")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--max_reference_length", type=int, default=8192)
@@ -132,6 +147,7 @@ def main(argv=None) -> list[dict]:
   args = parser.parse_args(argv)
   if args.tiny:
     args.heads, args.head_dim, args.repeats, args.window, args.skip = 2, 16, 2, 16, 8
+    args.slots = 96
   args.lengths = args.lengths or ("64,128" if args.tiny else "512,2048,8192,32768")
   args.implementations = [i.strip() for i in args.implementations.split(",") if i.strip()]
   kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

@@ -53,7 +53,8 @@ def test_retrieval_benchmark_tiny(tmp_path):
   assert [(r["kind"], r["implementation"]) for r in rows] == [
       ("contextual", "ours"), ("causal", "attention"), ("contextual", "reference"),
       ("short_term", "ours"), ("short_term", "reference"),
-      ("long_term", "ours"), ("long_term", "reference")]
+      ("long_term", "ours"), ("long_term", "reference"),
+      ("persistent", "ours"), ("persistent", "reference")]
   for row in rows:
     assert row["ms"] > 0 and row["tflops"] > 0
     if row["implementation"] == "ours":

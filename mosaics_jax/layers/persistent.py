@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from mosaics_jax.kernels import slots
 from mosaics_jax.layers import axes
 from mosaics_jax.layers import common
 from mosaics_jax.layers.cache import Chunk
@@ -27,7 +28,9 @@ class PersistentMemory(nn.Module):
 
   r_t = mean_p softmax_j(q_t . K_p[h, j]) V_p[h, j], q_t = unit key x exp(min(10 kb, 5))^2
   (the stored keys are raw parameters, so the whole bandwidth sits on the query), then
-  y_t = W_o concat_h r_t exp(10 vb). Dropout acts on the slot probabilities.
+  y_t = W_o concat_h r_t exp(10 vb). Dropout acts on the slot probabilities. The read itself
+  is ``kernels/slots.py`` (``implementation``: which path; by default none keeps the
+  (B, T, H, N) probabilities for the backward pass).
   """
 
   num_heads: int
@@ -38,6 +41,7 @@ class PersistentMemory(nn.Module):
   variant: str = "library"
   use_bias: bool = False
   prob_dropout: float = 0.0
+  implementation: str | None = None
   residual_dropout: float = 0.0
   dtype: Any = jnp.float32
 
@@ -60,13 +64,11 @@ class PersistentMemory(nn.Module):
     slot_keys = common.param_with_axes(self, "slot_keys", slot_init, slot_shape, slot_names)
     slot_values = common.param_with_axes(self, "slot_values", slot_init, slot_shape, slot_names)
 
-    scores = jnp.einsum("bthd,phnd->bthpn", queries, slot_keys.astype(self.dtype),
-                        preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(self.prob_dropout)(probs, deterministic)
-    retrieved = jnp.einsum("bthpn,phnd->bthd", probs.astype(self.dtype),
-                           slot_values.astype(self.dtype),
-                           preferred_element_type=jnp.float32) / self.count
+    dropout_active = self.prob_dropout > 0.0 and not deterministic
+    retrieved = slots.read_slots(
+        queries, slot_keys, slot_values, dropout_rate=self.prob_dropout if dropout_active else 0.0,
+        dropout_rng=self.make_rng("dropout") if dropout_active else None,
+        implementation=self.implementation)
     self.sow("intermediates", "retrieved", retrieved)
     value_scale = common.param_with_axes(self, "value_scale", nn.initializers.constant(-0.05),
                                          (self.num_heads,), (axes.HEADS,))

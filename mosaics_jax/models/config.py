@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mosaics_jax.kernels import slots
+
 NORMS = ("layer", "rms")
 POSITIONS = ("learned", "rope", "alibi", "none")
 MLPS = ("gelu", "swiglu")
@@ -96,6 +98,8 @@ class MosaicConfig:
   # Numerics: params are float32; dtype is the matmul dtype (None: bf16 on GPU/TPU).
   dtype: str | None = None
   retrieval_implementation: str | None = None
+  # v1 slot read (kernels/slots.py): None (automatic), reference, recompute, xla or cudnn.
+  persistent_implementation: str | None = None
   remat: str = "none"  # what backward recomputes: "none", "dots" or "block" (REMATS)
 
   def __post_init__(self):
@@ -106,6 +110,9 @@ class MosaicConfig:
     if self.version == 1:
       _check(self.persistent_slots > 0 and self.persistent_count > 0,
              "persistent_slots and persistent_count must be positive for version 1.")
+      _check(self.persistent_implementation in (None,) + slots.IMPLEMENTATIONS,
+             f"persistent_implementation={self.persistent_implementation!r}: choose one of "
+             f"{slots.IMPLEMENTATIONS} or None (automatic).")
     else:
       lo, hi = self.long_term_skip_train
       _check(self.ffn_hidden_dim > 0, "version 2 needs ffn_hidden_dim > 0 (SwiGLU width).")

@@ -64,7 +64,8 @@ class MosaicBlock(nn.Module):
                                **kwargs)(norm("context_norm")(x), segment_ids, deterministic,
                                          chunk)
       x = x + PersistentMemory(num_slots=cfg.persistent_slots, count=cfg.persistent_count,
-                               prob_dropout=cfg.persistent_dropout, name="persistent",
+                               prob_dropout=cfg.persistent_dropout,
+                               implementation=cfg.persistent_implementation, name="persistent",
                                **kwargs)(norm("persistent_norm")(x), segment_ids, deterministic,
                                          chunk)
     else:

@@ -30,6 +30,10 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used; the message says which one and what to do."""
 
 
+# Model fields that choose how to compute, not what: a run may resume with other values.
+HOW_TO_COMPUTE = ("dtype", "retrieval_implementation", "persistent_implementation", "remat")
+
+
 def check_model_config(run_dir, model_config: dict) -> None:
   """Record the model config of a run, or check it against the recorded one."""
   path = storage.path(run_dir) / "model_config.json"
@@ -37,7 +41,7 @@ def check_model_config(run_dir, model_config: dict) -> None:
   if path.exists():
     recorded = json.loads(path.read_text())
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k)
-                     and k not in ("dtype", "retrieval_implementation", "remat"))
+                     and k not in HOW_TO_COMPUTE)
     if changed:
       details = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
       raise CheckpointError(

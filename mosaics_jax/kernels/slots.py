@@ -1,0 +1,118 @@
+"""Slot read: the retrieval of v1's persistent memory, a softmax over learned key/value slots.
+
+    r_t = (1/P) sum_p sum_j softmax_j(q_t . K[p, h, j]) V[p, h, j]
+
+per head h, over N slots in each of P memories. It is attention without a mask whose keys and
+values are parameters shared by the whole batch. What matters for training is what autodiff
+keeps: the plain form saves the (B, T, H, P, N) slot probabilities, N = 2688 per head for
+GPT2-small, i.e. 42 numbers per model-width unit per token per layer, most of v1's activation
+memory (docs/scaling.md).
+
+Implementations (``implementation=``):
+  * ``"reference"``: einsum, float32 softmax, inverted dropout, einsum (the official code's
+    order). Saves the probabilities for the backward pass.
+  * ``"recompute"``: the reference under ``jax.checkpoint`` saving nothing but its inputs; the
+    backward pass recomputes the scores, the softmax and the dropout mask (from the same key,
+    so the result is the reference's). One more (T x N) matmul per head: 7 instead of 6.
+    Supports dropout; the default off GPU.
+  * ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention`` with the slots as a key/value
+    sequence broadcast over the batch, the P memories as extra heads. cuDNN runs it as flash
+    attention (bf16/fp16, head size <= 128), which keeps O(T) softmax statistics. No dropout.
+  * ``None``: ``recompute`` when dropout is active, else cuDNN on GPU where it applies, else
+    ``recompute``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("reference", "recompute", "xla", "cudnn")
+
+
+def read_slots_reference(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array,
+                         dropout_rng: jax.Array | None = None,
+                         dropout_rate: float = 0.0) -> jax.Array:
+  """Matmuls in the queries' dtype with float32 accumulation; softmax in float32."""
+  dtype = queries.dtype
+  scores = jnp.einsum("bthd,phnd->bthpn", queries, slot_keys.astype(dtype),
+                      preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum("bthpn,phnd->bthd", probs.astype(dtype), slot_values.astype(dtype),
+                   preferred_element_type=jnp.float32)
+  return out / slot_keys.shape[0]
+
+
+def read_slots_recompute(queries, slot_keys, slot_values, dropout_rng=None,
+                         dropout_rate: float = 0.0) -> jax.Array:
+  """The reference, rematerialised in its backward pass instead of saving probabilities."""
+  read = functools.partial(read_slots_reference, dropout_rate=dropout_rate)
+  return jax.checkpoint(read, policy=jax.checkpoint_policies.nothing_saveable)(
+      queries, slot_keys, slot_values, dropout_rng)
+
+
+def read_slots_fused(queries, slot_keys, slot_values, implementation: str = "xla") -> jax.Array:
+  """``jax.nn.dot_product_attention`` over the slots; head p * H + h reads memory p, head h."""
+  batch, length, heads, head_dim = queries.shape
+  count, _, num_slots, _ = slot_keys.shape
+  dtype = queries.dtype
+
+  def as_sequence(slots):  # (P, H, N, D) -> (B, N, P * H, D)
+    slots = slots.astype(dtype).reshape(count * heads, num_slots, head_dim).swapaxes(0, 1)
+    return jnp.broadcast_to(slots[None], (batch,) + slots.shape)
+
+  out = jax.nn.dot_product_attention(
+      jnp.tile(queries, (1, 1, count, 1)), as_sequence(slot_keys), as_sequence(slot_values),
+      scale=1.0, implementation=implementation)
+  return out.astype(jnp.float32).reshape(batch, length, count, heads, head_dim).mean(axis=2)
+
+
+def resolve_implementation(implementation: str | None, dtype, head_dim: int,
+                           dropout_active: bool) -> str:
+  """The explicit choice (checked), or the best one this backend supports."""
+  if implementation is not None and implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"Unknown slot-read implementation {implementation!r}; choose one of "
+                     f"{IMPLEMENTATIONS} or None (automatic).")
+  if dropout_active and implementation in ("xla", "cudnn"):
+    raise ValueError(
+        f"Dropout on the persistent-memory probabilities runs in 'reference' or 'recompute', "
+        f"not {implementation!r}: set persistent_dropout=0 or choose one of those.")
+  if implementation is not None:
+    return implementation
+  if (not dropout_active and jax.default_backend() == "gpu" and
+      jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128):
+    return "cudnn"
+  return "recompute"
+
+
+def read_slots(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array, *,
+               dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+               implementation: str | None = None) -> jax.Array:
+  """Read the persistent memory.
+
+  Args:
+    queries: (B, T, H, D), bandwidth folded in; the matmuls run in their dtype.
+    slot_keys, slot_values: (P, H, N, D) learned slots.
+    dropout_rate, dropout_rng: inverted dropout on the slot probabilities (training).
+    implementation: see the module docstring.
+
+  Returns:
+    (B, T, H, D) float32, the mean over the P memories.
+  """
+  if (queries.ndim != 4 or slot_keys.ndim != 4 or slot_keys.shape != slot_values.shape or
+      slot_keys.shape[1] != queries.shape[2] or slot_keys.shape[3] != queries.shape[3]):
+    raise ValueError(f"read_slots expects (B, T, H, D) queries and (P, H, N, D) slots; got "
+                     f"{queries.shape}, {slot_keys.shape}, {slot_values.shape}.")
+  if dropout_rate > 0.0 and dropout_rng is None:
+    raise ValueError("slot dropout_rate > 0 needs a dropout_rng.")
+  impl = resolve_implementation(implementation, queries.dtype, queries.shape[-1],
+                                dropout_active=dropout_rate > 0.0)
+  if impl in ("xla", "cudnn"):
+    return read_slots_fused(queries, slot_keys, slot_values, impl)
+  read = read_slots_reference if impl == "reference" else read_slots_recompute
+  return read(queries, slot_keys, slot_values, dropout_rng, dropout_rate)

@@ -1,0 +1,115 @@
+"""The slot read of v1's persistent memory: every path equals the reference, values and
+gradients, and the default path keeps no slot probabilities for the backward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src.ad_checkpoint import saved_residuals
+
+from mosaics_jax.kernels import slots
+from mosaics_jax.layers.persistent import PersistentMemory
+
+B, T, H, D, N = 2, 10, 3, 8, 40
+
+
+def _inputs(count, dtype=jnp.float32, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  queries = 2.0 * jax.random.normal(keys[0], (B, T, H, D), dtype)
+  slot_keys = jax.random.normal(keys[1], (count, H, N, D))
+  slot_values = jax.random.normal(keys[2], (count, H, N, D))
+  return queries, slot_keys, slot_values
+
+
+def _value_and_grads(implementation, inputs, dropout_rate=0.0):
+  rng = jax.random.key(7) if dropout_rate else None
+
+  def loss(*args):
+    out = slots.read_slots(*args, dropout_rate=dropout_rate, dropout_rng=rng,
+                           implementation=implementation)
+    return jnp.sum(out * jnp.sin(jnp.arange(out.size).reshape(out.shape))), out
+
+  (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(*inputs)
+  return out, grads
+
+
+def _assert_close(got, want, tol):
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                               atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("implementation,dropout_rate,count", [
+    ("recompute", 0.0, 1), ("recompute", 0.3, 2), ("xla", 0.0, 1), ("xla", 0.0, 3)])
+def test_paths_match_reference(implementation, dropout_rate, count):
+  inputs = _inputs(count)
+  want = _value_and_grads("reference", inputs, dropout_rate)
+  got = _value_and_grads(implementation, inputs, dropout_rate)
+  _assert_close(got, want, 2e-5)
+
+
+def test_bfloat16_paths_agree():
+  inputs = _inputs(2, jnp.bfloat16)
+  want = _value_and_grads("reference", inputs)
+  for implementation in ("recompute", "xla"):
+    _assert_close(_value_and_grads(implementation, inputs), want, 3e-2)
+
+
+def test_dropout_zeroes_probabilities_with_the_given_key():
+  inputs = _inputs(1)
+  dropped = [slots.read_slots(*inputs, dropout_rate=0.5, dropout_rng=jax.random.key(s),
+                              implementation="recompute") for s in (0, 0, 1)]
+  np.testing.assert_array_equal(dropped[0], dropped[1])
+  assert not np.allclose(dropped[0], dropped[2])
+  assert not np.allclose(dropped[0], slots.read_slots(*inputs))
+
+
+def _saved_floats(implementation, dropout_rate=0.0):
+  rng = jax.random.key(0)
+  read = lambda *args: slots.read_slots(*args, dropout_rate=dropout_rate, dropout_rng=rng,
+                                        implementation=implementation).sum()
+  return sum(aval.size for aval, source in saved_residuals(read, *_inputs(1))
+             if not source.startswith("from the argument"))
+
+
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
+def test_recompute_keeps_no_probabilities(dropout_rate):
+  probabilities = B * T * H * N
+  assert _saved_floats("reference", dropout_rate) >= probabilities
+  assert _saved_floats("recompute", dropout_rate) < probabilities / 4  # no (B, T, H, N) kept
+
+
+def test_automatic_choice_and_errors():
+  assert slots.resolve_implementation(None, jnp.float32, 64, dropout_active=True) == "recompute"
+  if jax.default_backend() == "cpu":
+    assert slots.resolve_implementation(None, jnp.bfloat16, 64, False) == "recompute"
+  with pytest.raises(ValueError, match="persistent_dropout=0"):
+    slots.resolve_implementation("cudnn", jnp.bfloat16, 64, dropout_active=True)
+  with pytest.raises(ValueError, match="Unknown slot-read implementation"):
+    slots.resolve_implementation("flash", jnp.bfloat16, 64, dropout_active=False)
+  with pytest.raises(ValueError, match="needs a dropout_rng"):
+    slots.read_slots(*_inputs(1), dropout_rate=0.1)
+  with pytest.raises(ValueError, match=r"\(P, H, N, D\) slots"):
+    queries, slot_keys, slot_values = _inputs(1)
+    slots.read_slots(queries, slot_keys[:, :2], slot_values[:, :2])
+
+
+def test_persistent_memory_paths_train_alike():
+  """The layer with dropout on: same output and parameter gradients on either trainable path."""
+  x = jax.random.normal(jax.random.key(1), (B, T, H * D))
+  init = jax.nn.initializers.normal(0.2)
+
+  def module(implementation):
+    return PersistentMemory(H, num_slots=N, count=2, proj_init=init, out_init=init,
+                            prob_dropout=0.2, implementation=implementation)
+
+  params = module(None).init(jax.random.key(0), x)
+
+  def run(implementation):
+    def loss(p):
+      out = module(implementation).apply(p, x, deterministic=False,
+                                         rngs={"dropout": jax.random.key(3)})
+      return jnp.sum(out ** 2), out
+    return jax.value_and_grad(loss, has_aux=True)(params)
+
+  _assert_close(run("recompute"), run("reference"), 2e-5)
