@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mosaics_jax import models
+from mosaics_jax import losses, models
 from mosaics_jax.kernels import retrieval, splash
 
 T, H, D = 256, 2, 32
@@ -75,3 +75,43 @@ def test_splash_is_chosen_only_where_it_applies():
   np.testing.assert_allclose(
       retrieval.retrieve(q, k, v, bias=bias, implementation="splash"),
       retrieval.retrieve(q, k, v, bias=bias, implementation="reference"), atol=2e-5)
+
+
+def _shapes(jaxpr):
+  """Every value's shape in a jaxpr and in the jaxprs it calls (remat, custom VJPs, kernels)."""
+  for var in jaxpr.invars + jaxpr.constvars:
+    yield var.aval.shape
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      yield getattr(var.aval, "shape", ())
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    yield from _shapes(sub)
+
+
+@pytest.mark.parametrize("preset", ["mosaic_v1_gpt2_small", "mosaic_v2_small"])
+def test_no_length_by_length_value_in_a_training_step_at_4096(preset):
+  """The issue's "no T x T tensor anywhere for T >= 4096": on the fused path (splash here, the
+  path a TPU takes; cuDNN cannot be traced without a GPU) the gradient of the loss holds no
+  value with two axes of the context length: not in the retrieval, the key recurrences, the
+  masks or the slot read (the training step, dropout and v2's drawn m included)."""
+  length = 4096
+  config = models.model_config(preset, num_layers=1, embed_dim=32, num_heads=2, vocab_size=64,
+                               context_length=length, retrieval_implementation="splash",
+                               **(dict(persistent_slots=48) if "v1" in preset else
+                                  dict(ffn_hidden_dim=64)))
+  model = models.build_model(config)
+  params = models.abstract_params(model)
+  tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+
+  def loss(params, tokens):
+    logits = model.apply({"params": params}, tokens, deterministic=False,
+                         rngs={"dropout": jax.random.key(0)})
+    return losses.cross_entropy(logits, tokens)
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(params, tokens).jaxpr
+  square = [s for s in _shapes(jaxpr) if sum(d >= length for d in s) >= 2]
+  assert not square, f"T x T values: {sorted(set(square))}"
+  reference = dataclasses.replace(config, retrieval_implementation="reference")
+  model = models.build_model(reference)  # the check itself sees the reference's T x T scores
+  assert any(sum(d >= length for d in s) >= 2
+             for s in _shapes(jax.make_jaxpr(jax.grad(loss))(params, tokens).jaxpr))
