@@ -52,8 +52,8 @@ LAYOUTS = {
     ("babistories_v1", ""): {  # GPT2-small v1 and GPT-2; 512 x 512 tokens per step
         "v5litepod-16": Layout(16, 1, 2, "dots"),
         "v6e-16": Layout(16, 1, 1, "dots"),
-        "v5p-32": Layout(16, 1, 2, "none"),
-        "h100x8": Layout(8, 1, 4, "none"),
+        "v5p-32": Layout(16, 1, 1, "none"),
+        "h100x8": Layout(8, 1, 2, "none"),
         "h100x64": Layout(64, 1, 1, "none"),  # the paper's 64 GPUs
     },
     ("v2_pretraining", "small"): {  # 1.5B; 1024 x 4096 tokens per step
