@@ -12,7 +12,12 @@ random tokens, so the input pipeline is not measured. Compilation and ``--warmup
 excluded; the timed steps end with ``block_until_ready``. FLOPs per token follow the
 documented count of ``mosaics_jax.train.metrics``; MFU divides by the device's peak dense
 bf16 rate (``--peak_flops`` where the device is not in the table). Dropout is off unless
-``--dropout`` (weight dropout forces the unfused reference attention).
+``--dropout`` (weight dropout forces the unfused reference attention; v1's 5% on the slot
+probabilities, the recomputing slot read: compare with ``--slot_read=recompute``).
+
+Peak memory is what the device reports after the steps (GPU/TPU; ``n/a`` on CPU), beside the
+estimate of ``mosaics_jax.train.memory`` (parameters, AdamW state, gradients and the residuals
+autodiff saves; docs/scaling.md), so a long-context row shows both.
 
 Prints a table; ``--json`` writes the rows; ``--record`` appends them, with the device, jax
 version, date and command, to docs/benchmarks.md.
@@ -30,7 +35,7 @@ import jax
 import numpy as np
 
 from mosaics_jax import models
-from mosaics_jax.train import metrics, sharding, trainer
+from mosaics_jax.train import memory, metrics, sharding, trainer
 from mosaics_jax.train.config import base_config, model_section
 
 import recording  # benchmarks/recording.py, beside this script
@@ -49,6 +54,8 @@ def _section(preset: str, args) -> tuple:
   if args.dtype:
     overrides["dtype"] = args.dtype
   overrides["remat"] = args.remat
+  if args.slot_read and "persistent_implementation" in fields:
+    overrides["persistent_implementation"] = args.slot_read
   overrides["context_length"] = max(args.seq_len, config.context_length)
   return model_section(preset, **overrides)
 
@@ -59,7 +66,13 @@ def measure(preset: str, args) -> dict:
   config.optimizer.warmup_steps = 1
   config.train.num_steps = 1000
   section = _section(preset, args)
-  mesh = sharding.make_mesh(dict(data=-1, fsdp=args.fsdp, tensor=args.tensor))
+  config.models[preset] = section
+  config.data.tokenizer.vocab_size = section.vocab_size
+  config.mesh.update(fsdp=args.fsdp, tensor=args.tensor)
+  # The estimate counts T x T retrieval weights only where XLA reads the memories (CPU).
+  estimate = memory.training_memory(config, preset, jax.device_count()).total(
+      fused=jax.default_backend() != "cpu")
+  mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     program = trainer.build_program(preset, section, config, section.vocab_size, mesh)
     state = jax.jit(program.init, out_shardings=program.state_shardings)(jax.random.key(0))
@@ -81,7 +94,9 @@ def measure(preset: str, args) -> dict:
   tokens_per_device = args.batch * args.seq_len / seconds / jax.device_count()
   peak = metrics.device_peak_flops(override=args.peak_flops)
   stats = jax.devices()[0].memory_stats() or {}
-  return dict(model=preset, parameters=program.parameters, seq_len=args.seq_len,
+  slot_read = section.get("persistent_implementation") if section.get("version") == 1 else None
+  return dict(model=preset + (f" [{slot_read}]" if slot_read else ""),
+              parameters=program.parameters, seq_len=args.seq_len,
               batch=args.batch, dtype=np.dtype(models.compute_dtype(section.dtype)).name,
               remat=args.remat, step_ms=1000 * seconds,
               tokens_per_second_per_device=tokens_per_device,
@@ -89,20 +104,21 @@ def measure(preset: str, args) -> dict:
               mfu=(tokens_per_device * program.flops_per_token / peak) if peak else None,
               peak_memory_gib=(stats["peak_bytes_in_use"] / 2 ** 30
                                if "peak_bytes_in_use" in stats else None),
+              estimated_memory_gib=estimate / 2 ** 30,
               compile_seconds=compile_seconds, loss=float(step_metrics["loss"]))
 
 
 def table(rows: list[dict]) -> str:
   lines = ["| model | params | seq x batch | dtype | remat | step (ms) | tokens/s/device | "
-           "TFLOP/s/device | MFU | peak memory (GiB) |",
-           "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+           "TFLOP/s/device | MFU | peak memory (GiB) | estimated (GiB) |",
+           "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
   for r in rows:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-    memory = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a"
+    peak = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a"
     lines.append(f"| {r['model']} | {r['parameters']:,} | {r['seq_len']} x {r['batch']} | "
                  f"{r['dtype']} | {r['remat']} | {r['step_ms']:.1f} | "
                  f"{r['tokens_per_second_per_device']:,.0f} | {r['tflops_per_device']:.3f} | "
-                 f"{mfu} | {memory} |")
+                 f"{mfu} | {peak} | {r['estimated_memory_gib']:.2f} |")
   return "\n".join(lines)
 
 
@@ -120,6 +136,9 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--tensor", type=int, default=1)
   parser.add_argument("--peak_flops", type=float, default=0.0)
   parser.add_argument("--dropout", action="store_true", help="keep the presets' dropout")
+  parser.add_argument("--slot_read", default="",
+                      help="v1 persistent_implementation: reference / recompute / xla / cudnn "
+                           "(default: automatic)")
   parser.add_argument("--tiny", action="store_true", help="CPU-sized models, seq 64, batch 8")
   recording.add_flags(parser)
   argv = sys.argv[1:] if argv is None else argv

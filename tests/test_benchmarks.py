@@ -14,16 +14,16 @@ def test_train_throughput_tiny(tmp_path, capsys):
   out = tmp_path / "rows.json"
   markdown = tmp_path / "benchmarks.md"
   rows = train_throughput.main(["--tiny", "--models=mosaic_v1_gpt2_small,llama_gpt2_small",
-                                "--remat=dots", "--json", str(out), "--record", "--markdown",
-                                str(markdown)])
-  assert [r["model"] for r in rows] == ["mosaic_v1_gpt2_small", "llama_gpt2_small"]
+                                "--remat=dots", "--dropout", "--slot_read=recompute", "--json",
+                                str(out), "--record", "--markdown", str(markdown)])
+  assert [r["model"] for r in rows] == ["mosaic_v1_gpt2_small [recompute]", "llama_gpt2_small"]
   for row in rows:
     assert row["step_ms"] > 0 and row["tokens_per_second_per_device"] > 0
     expected = row["tokens_per_second_per_device"] * row["step_ms"] / 1000 * 8  # 8 devices
     assert abs(expected - row["seq_len"] * row["batch"]) / (row["seq_len"] * row["batch"]) < 1e-6
     assert 3.0 < row["loss"] < 9.0
   assert json.loads(out.read_text()) == rows
-  assert "| mosaic_v1_gpt2_small |" in capsys.readouterr().out and rows[0]["remat"] == "dots"
+  assert "| mosaic_v1_gpt2_small [recompute] |" in capsys.readouterr().out and rows[0]["remat"] == "dots"
   text = markdown.read_text()
   assert "### Training throughput" in text and "jax " in text and "--tiny" in text
 

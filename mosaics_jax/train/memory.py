@@ -13,6 +13,9 @@ needed, so the table of a 256-chip slice is computed on a laptop):
     attention) keep O(T) softmax statistics instead, and these decide whether long contexts
     fit.
 
+``python -m mosaics_jax.train.memory --model=mosaic_v2_gpt2_small`` prints the memory to
+train one model on one device per context length (docs/scaling.md, Long contexts).
+
 XLA's buffer assignment (fusions, temporaries, collectives' buffers) moves the true peak by
 some tens of percent either way; ``tests/train/test_memory.py`` compares the estimate with the
 compiled step's own accounting on CPU.
@@ -20,6 +23,7 @@ compiled step's own accounting on CPU.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 
@@ -71,9 +75,14 @@ def _residuals(model_config, tokens: jax.ShapeDtypeStruct, params) -> tuple[int,
         lambda p, x: losses.cross_entropy(model.apply({"params": p}, x), x), params, tokens)
   saved = [(aval.shape, aval.size * aval.dtype.itemsize) for aval, source in residuals
            if not source.startswith("from the argument")]  # parameters, tokens: counted apart
-  square = tokens.shape[1:] * 2
   return (sum(size for _, size in saved),
-          sum(size for shape, size in saved if shape[-2:] == square))
+          sum(size for shape, size in saved if _is_length_by_length(shape, tokens.shape[1])))
+
+
+def _is_length_by_length(shape: tuple[int, ...], length: int) -> bool:
+  """Retrieval weights (B, H, T, T), masks (1, 1, T, T), positions (T, T): not a (B, T, F)
+  activation whose width F happens to equal T (v2 GPT2-small's SwiGLU at T = 2048)."""
+  return len(shape) != 3 and shape[-2:] == (length, length)
 
 
 def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16") -> Memory:
@@ -96,6 +105,16 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
         optimizer_lib.make_optimizer(settings, config.train.num_steps).init, params)
     param_shardings = sharding.logical_to_shardings(models.logical_axes(model), params, mesh)
     opt_shardings = sharding.state_shardings(opt_state, param_shardings, mesh)
+  parameter_bytes = _shard_bytes(params, param_shardings)
+  return Memory(parameters=parameter_bytes,
+                optimizer=_shard_bytes(opt_state, opt_shardings),
+                gradients=parameter_bytes * (2 if accumulation > 1 else 1),
+                **activation_memory(model_config, tokens, params))
+
+
+def activation_memory(model_config, tokens: jax.ShapeDtypeStruct, params=None) -> dict:
+  """The activation fields of ``Memory`` for one device's micro-batch of ``tokens``."""
+  params = models.abstract_params(models.build_model(model_config)) if params is None else params
   saved, weights = _residuals(model_config, tokens, params)
   recompute = recompute_weights = 0
   if model_config.remat != "none":  # one block's residuals: what remat removes from one layer
@@ -105,9 +124,45 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
     whole, whole_weights = _residuals(dataclasses.replace(one_layer, remat="none"), tokens,
                                       one_params)
     recompute, recompute_weights = whole - kept, whole_weights - kept_weights
-  parameter_bytes = _shard_bytes(params, param_shardings)
-  return Memory(parameters=parameter_bytes,
-                optimizer=_shard_bytes(opt_state, opt_shardings),
-                gradients=parameter_bytes * (2 if accumulation > 1 else 1),
-                activations=saved - weights, retrieval_weights=weights,
-                recompute=recompute - recompute_weights, recompute_weights=recompute_weights)
+  return dict(activations=saved - weights, retrieval_weights=weights,
+              recompute=recompute - recompute_weights, recompute_weights=recompute_weights)
+
+
+def one_device_table(preset: str, lengths: list[int], remats: list[str], batch: int = 1,
+                     dtype: str = "bfloat16", **overrides) -> str:
+  """Markdown: memory to train preset ``preset`` (with model field ``overrides``) on one device,
+  per context length and remat (AdamW: float32 parameters, two moments and a gradient, 16
+  bytes per parameter)."""
+  lines = ["| model | remat | tokens | parameters + AdamW + gradients | activations | "
+           "recompute | fused total | retrieval T x T (XLA path) |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+  for remat in remats:
+    for length in lengths:
+      config = models.model_config(preset, dtype=dtype, remat=remat, context_length=length,
+                                   **overrides)
+      params = models.abstract_params(models.build_model(config))
+      state = 16 * sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+      used = activation_memory(config, jax.ShapeDtypeStruct((batch, length), jnp.int32), params)
+      fused = state + used["activations"] + used["recompute"]
+      weights = used["retrieval_weights"] + used["recompute_weights"]
+      lines.append(f"| {preset} | {remat} | {batch} x {length} | {state / GIB:.2f} | "
+                   f"{used['activations'] / GIB:.2f} | {used['recompute'] / GIB:.2f} | "
+                   f"{fused / GIB:.2f} | {weights / GIB:.1f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      description="Memory to train one model on one device, per context length (estimated from "
+                  "the model; nothing runs).")
+  parser.add_argument("--model", default="mosaic_v2_gpt2_small", help="a models preset")
+  parser.add_argument("--lengths", default="4096,8192,16384,32768")
+  parser.add_argument("--remat", default="block,dots,none", help="comma-separated")
+  parser.add_argument("--batch", type=int, default=1)
+  args = parser.parse_args(argv)
+  print(one_device_table(args.model, [int(x) for x in args.lengths.split(",")],
+                         args.remat.split(","), args.batch))
+
+
+if __name__ == "__main__":
+  main()

@@ -6,6 +6,7 @@ import flax.linen as nn
 import pytest
 
 from experiments.configs import quickstart
+from mosaics_jax import models
 from mosaics_jax.train import memory, sharding, trainer
 
 
@@ -69,3 +70,23 @@ def test_remat_moves_residuals_into_one_block_of_recomputation():
   assert block.retrieval_weights < none.retrieval_weights / 5  # masks built outside the blocks
   assert 0 < block.recompute < none.activations / 2  # one of two blocks
   assert block.recompute_weights > 0 and block.total(fused=False) < none.total(fused=False)
+
+
+def test_length_by_length_values_are_told_from_wide_activations():
+  assert memory._is_length_by_length((2, 12, 256, 256), 256)  # retrieval weights
+  assert memory._is_length_by_length((256, 256), 256)  # positions
+  assert not memory._is_length_by_length((2, 256, 256), 256)  # (B, T, F) with F = T
+  assert not memory._is_length_by_length((2, 256, 12, 64), 256)
+
+
+def test_activations_grow_linearly_with_the_context():
+  """Beyond the fixed part, twice the context keeps twice the residuals (T x T apart), and the
+  one-device table prints a row per length."""
+  tiny = dict(num_layers=1, embed_dim=32, num_heads=2, vocab_size=64, ffn_hidden_dim=64,
+              short_term_window=16, long_term_skip_train=(4, 16), long_term_skip_eval=4)
+  saved = [memory.activation_memory(
+      models.model_config("mosaic_v2_small", context_length=length, **tiny),
+      jax.ShapeDtypeStruct((1, length), jnp.int32))["activations"] for length in (128, 256, 512)]
+  assert saved[2] - saved[1] == pytest.approx(2 * (saved[1] - saved[0]), rel=0.02)
+  table = memory.one_device_table("mosaic_v2_small", [128, 256], ["none", "block"], **tiny)
+  assert len(table.splitlines()) == 2 + 4 and "| block | 1 x 256 |" in table
