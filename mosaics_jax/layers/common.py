@@ -125,10 +125,25 @@ def norm(kind: str, *, eps: float, use_bias: bool, dtype, name: str) -> nn.Modul
   raise ValueError(f"Unknown norm {kind!r}; use 'layer' or 'rms'.")
 
 
+class TokenEmbed(nn.Embed):
+  """``nn.Embed`` whose lookup reads the table gathered over its width (as FSDP gathers every
+  weight before use). Looked up from the width-sharded table, the embeddings, and in the
+  backward pass their batch-sharded gradient, would have to be resharded between batch and
+  width, which XLA's SPMD partitioner does by replicating the whole tensor ("involuntary full
+  rematerialization"); gathered, the lookup stays sharded by batch and the table's gradient
+  is reduce-scattered."""
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError("Token ids must be integers.")
+    table = self.embedding.astype(self.dtype or self.embedding.dtype)  # gather the cast copy
+    return jnp.take(nn.with_logical_constraint(table, (axes.VOCAB, None)), inputs, axis=0)
+
+
 def token_embedding(vocab_size: int, width: int, *, init: Initializer, dtype) -> nn.Embed:
-  return nn.Embed(vocab_size, width, dtype=dtype,
-                  embedding_init=nn.with_logical_partitioning(init, (axes.VOCAB, axes.EMBED)),
-                  name="token_embed")
+  return TokenEmbed(vocab_size, width, dtype=dtype,
+                    embedding_init=nn.with_logical_partitioning(init, (axes.VOCAB, axes.EMBED)),
+                    name="token_embed")
 
 
 def lm_logits(x: jax.Array, config, embed: nn.Embed, *, init: Initializer, dtype,

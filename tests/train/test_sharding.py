@@ -123,3 +123,18 @@ def test_indivisible_dimensions_are_replicated():
   shaped = {"w": jax.ShapeDtypeStruct((64, 12), np.float32)}  # 12 heads over 8 devices
   assert sharding.logical_to_shardings(logical, shaped, mesh)["w"].spec == \
       jax.sharding.PartitionSpec(None, None)
+
+
+def test_fsdp_step_needs_no_resharding_by_replication(capfd):
+  """On data 2 x fsdp 4, the embedding lookup once made XLA reshard a batch-sharded gradient to
+  the table's width sharding by replicating it (an "involuntary full rematerialization"
+  warning). Compiled without the persistent cache, so the partitioner really runs."""
+  from tests.train.test_memory import compiled_program, config_on_8_devices
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    capfd.readouterr()
+    compiled_program(config_on_8_devices(), "transformer")
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+  assert "Involuntary full rematerialization" not in capfd.readouterr().err
