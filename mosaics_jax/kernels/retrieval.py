@@ -210,8 +210,11 @@ def retrieve_fused(queries, keys, values, *, skip=1, window=None, segment_ids=No
 SPLASH_BLOCK = 128  # splash attention reads whole blocks of 128 positions
 
 
-def _cudnn_supports(dtype, head_dim: int) -> bool:
-  return dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+def cudnn_available(dtype, head_dim: int) -> bool:
+  """Whether ``jax.nn.dot_product_attention`` can run cuDNN here: a GPU, bf16/fp16 inputs and a
+  head size that is a multiple of 8, at most 128."""
+  return (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128)
 
 
 def resolve_implementation(implementation: str | None, dtype, head_dim: int,
@@ -229,7 +232,7 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
     return "reference"
   if implementation is not None:
     return implementation
-  if jax.default_backend() == "gpu" and _cudnn_supports(jnp.dtype(dtype), head_dim):
+  if cudnn_available(dtype, head_dim):
     return "cudnn"
   if (jax.default_backend() == "tpu" and length is not None and
       length % SPLASH_BLOCK == 0 and not has_bias):

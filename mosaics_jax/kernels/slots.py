@@ -29,6 +29,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from mosaics_jax.kernels import retrieval
+
 IMPLEMENTATIONS = ("reference", "recompute", "xla", "cudnn")
 
 
@@ -84,8 +86,7 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
         f"not {implementation!r}: set persistent_dropout=0 or choose one of those.")
   if implementation is not None:
     return implementation
-  if (not dropout_active and jax.default_backend() == "gpu" and
-      jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128):
+  if not dropout_active and retrieval.cudnn_available(dtype, head_dim):
     return "cudnn"
   return "recompute"
 
