@@ -36,7 +36,8 @@ from jax.sharding import NamedSharding
 
 from mosaics_jax import losses, models
 from mosaics_jax.train import optimizer as optimizer_lib, sharding
-from mosaics_jax.train.config import model_config as model_config_of, optimizer_config
+from mosaics_jax.train.config import (base_config, model_config as model_config_of,
+                                      model_section, optimizer_config)
 
 GIB = 1024 ** 3
 
@@ -131,23 +132,23 @@ def activation_memory(model_config, tokens: jax.ShapeDtypeStruct, params=None) -
 def one_device_table(preset: str, lengths: list[int], remats: list[str], batch: int = 1,
                      dtype: str = "bfloat16", **overrides) -> str:
   """Markdown: memory to train preset ``preset`` (with model field ``overrides``) on one device,
-  per context length and remat (AdamW: float32 parameters, two moments and a gradient, 16
-  bytes per parameter)."""
+  per context length and remat, by ``training_memory`` with the default optimizer (AdamW)."""
   lines = ["| model | remat | tokens | parameters + AdamW + gradients | activations | "
            "recompute | fused total | retrieval T x T (XLA path) |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
   for remat in remats:
     for length in lengths:
-      config = models.model_config(preset, dtype=dtype, remat=remat, context_length=length,
-                                   **overrides)
-      params = models.abstract_params(models.build_model(config))
-      state = 16 * sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-      used = activation_memory(config, jax.ShapeDtypeStruct((batch, length), jnp.int32), params)
-      fused = state + used["activations"] + used["recompute"]
-      weights = used["retrieval_weights"] + used["recompute_weights"]
+      config = base_config()
+      config.data.seq_len, config.data.batch_size = length, batch
+      config.models[preset] = model_section(preset, dtype=dtype, remat=remat,
+                                            context_length=length, **overrides)
+      config.data.tokenizer.vocab_size = config.models[preset].vocab_size
+      used = training_memory(config, preset, device_count=1)
+      state = used.parameters + used.optimizer + used.gradients
+      weights = used.retrieval_weights + used.recompute_weights
       lines.append(f"| {preset} | {remat} | {batch} x {length} | {state / GIB:.2f} | "
-                   f"{used['activations'] / GIB:.2f} | {used['recompute'] / GIB:.2f} | "
-                   f"{fused / GIB:.2f} | {weights / GIB:.1f} |")
+                   f"{used.activations / GIB:.2f} | {used.recompute / GIB:.2f} | "
+                   f"{used.total(fused=True) / GIB:.2f} | {weights / GIB:.1f} |")
   return "\n".join(lines)
 
 
