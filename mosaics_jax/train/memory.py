@@ -8,7 +8,8 @@ needed, so the table of a 256-chip slice is computed on a laptop):
   * gradients: one parameter-sized copy, two with gradient accumulation (the running sum);
   * activations: the residuals JAX's autodiff saves for the backward pass of the loss on the
     per-device micro-batch (``saved_residuals``: traced on abstract values, nothing runs),
-    without rematerialisation. Those of shape (..., T, T) are the retrieval weights and masks
+    under the model's ``remat``, plus, with remat, one block's residuals rebuilt during its
+    backward pass (``recompute``). Those of shape (..., T, T) are the retrieval weights and masks
     of the XLA path, reported on their own (``retrieval_weights``): fused kernels (cuDNN flash
     attention) keep O(T) softmax statistics instead, and these decide whether long contexts
     fit.
