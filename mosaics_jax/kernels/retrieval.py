@@ -29,12 +29,13 @@ Implementations (``implementation=``):
     see no pair are zeroed. A window becomes ``local_window_size=(window - skip - 1, 0)``.
     cuDNN runs it as flash attention on GPU (bf16/fp16); XLA elsewhere.
   * ``"splash"``: Pallas splash attention, the TPU path (``kernels/splash.py``; the same
-    shift trick). It reads lengths in multiples of 128 without an additive bias; other calls
-    (a model's initialisation on a short input, decoding steps, ALiBi) go to XLA. Interpret
-    mode off TPU.
+    shift trick), run per device under a mesh. It reads lengths in multiples of 128 without an
+    additive bias; other calls (a model's initialisation on a short input, decoding steps,
+    ALiBi) go to XLA. Interpret mode when the target is not a TPU.
   * ``None``: cuDNN on GPU when the dtype and head size allow it, splash on TPU when the
     length and bias allow it, else XLA; the reference when weight dropout is active (the
-    fused kernels have no dropout).
+    fused kernels have no dropout). The platform is the target's: the devices of the mesh
+    the step is traced under (``kernels/target.py``), not the host's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mosaics_jax.kernels import splash, target
 
 Implementation = Literal["reference", "xla", "cudnn", "splash"]
 IMPLEMENTATIONS = ("reference", "xla", "cudnn", "splash")
@@ -178,49 +181,71 @@ def shifted_reach(skip, window: int | None) -> int | None:
   return window - skip - 1
 
 
-def unshift(out: jax.Array, skip, window: int | None, segment_ids) -> jax.Array:
-  """(B, T, H, D) rows of a shifted kernel rolled forward to their queries; rows of queries
-  that read no pair are zeroed."""
-  out = jnp.roll(out, skip, axis=1)
+def read_shifted(attend, queries, keys, values, *, skip, window, segment_ids, query_scale):
+  """The shift trick of the module docstring around a causal-attention kernel
+  ``attend(q, k, v, reach, query_segments) -> (B, T, H, D)``: query t moved to row t - skip
+  (``reach``: pairs before t - skip a window admits, None for all), outputs rolled back and
+  zeroed where a query reads no pair."""
+  reach = shifted_reach(skip, window)
+  if reach is not None and reach < 0:
+    return jnp.zeros_like(values)
+  q = jnp.roll(scaled_queries(queries, query_scale), -skip, axis=1)
+  query_segments = None if segment_ids is None else jnp.roll(segment_ids, -skip, axis=1)
+  out = jnp.roll(attend(q, keys, values, reach, query_segments), skip, axis=1)
   has_pairs = queries_with_pairs(out.shape[1], skip, window, segment_ids)
-  return jnp.where(has_pairs[:, :, None, None], out, jnp.zeros((), out.dtype))
+  return jnp.where(has_pairs[:, :, None, None], out, jnp.zeros((), out.dtype)).astype(
+      values.dtype)
 
 
 def retrieve_fused(queries, keys, values, *, skip=1, window=None, segment_ids=None,
                    query_scale=None, bias=None,
                    implementation: Literal["xla", "cudnn"] = "xla") -> jax.Array:
   """``jax.nn.dot_product_attention`` with the shift trick (see the module docstring)."""
-  reach = shifted_reach(skip, window)
-  if reach is not None and reach < 0:
-    return jnp.zeros_like(values)
-  local_window = None if reach is None else (reach, 0)
-  q = jnp.roll(scaled_queries(queries, query_scale), -skip, axis=1)
-  mask = None
-  if segment_ids is not None:
-    query_segments = jnp.roll(segment_ids, -skip, axis=1)
-    mask = query_segments[:, None, :, None] == segment_ids[:, None, None, :]
   if bias is not None and bias.shape[-2] != 1:
     bias = jnp.roll(bias, -skip, axis=-2)
-  out = jax.nn.dot_product_attention(
-      q, keys, values, bias=bias, mask=mask, scale=1.0, is_causal=True,
-      local_window_size=local_window, implementation=implementation)
-  return unshift(out, skip, window, segment_ids)
+
+  def attend(q, k, v, reach, query_segments):
+    mask = None
+    if segment_ids is not None:
+      mask = query_segments[:, None, :, None] == segment_ids[:, None, None, :]
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=1.0, is_causal=True,
+        local_window_size=None if reach is None else (reach, 0), implementation=implementation)
+
+  return read_shifted(attend, queries, keys, values, skip=skip, window=window,
+                      segment_ids=segment_ids, query_scale=query_scale)
 
 
-SPLASH_BLOCK = 128  # splash attention reads whole blocks of 128 positions
+def retrieve_splash(queries, keys, values, *, skip=1, window=None, segment_ids=None,
+                    query_scale=None, interpret: bool | None = None) -> jax.Array:
+  """Pallas splash attention with the shift trick (``kernels/splash.py``), on each device's
+  shard under a mesh; ``interpret`` defaults to "the target is not a TPU"."""
+  if not splash.supports(queries.shape[1], has_bias=False):
+    raise ValueError(f"The splash path needs a length that is a multiple of {splash.BLOCK}, "
+                     f"got {queries.shape[1]}; use implementation='xla' (or None: automatic).")
+  interpret = target.platform() != "tpu" if interpret is None else interpret
+
+  def attend(q, k, v, reach, query_segments):
+    return splash.causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), reach=reach,
+                                   query_segments=query_segments, key_segments=segment_ids,
+                                   interpret=interpret)
+
+  return read_shifted(attend, queries, keys, values, skip=skip, window=window,
+                      segment_ids=segment_ids, query_scale=query_scale)
 
 
-def cudnn_available(dtype, head_dim: int) -> bool:
-  """Whether ``jax.nn.dot_product_attention`` can run cuDNN here: a GPU, bf16/fp16 inputs and a
-  head size that is a multiple of 8, at most 128."""
-  return (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+def cudnn_supports(dtype, head_dim: int) -> bool:
+  """Whether ``jax.nn.dot_product_attention`` can run cuDNN for the target: a GPU, bf16/fp16
+  inputs and a head size that is a multiple of 8, at most 128."""
+  return (target.platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
           and head_dim % 8 == 0 and head_dim <= 128)
 
 
 def resolve_implementation(implementation: str | None, dtype, head_dim: int,
                            dropout_active: bool = False, length: int | None = None,
                            has_bias: bool = False) -> Implementation:
-  """Pick the implementation: the explicit choice, or the best one this backend supports."""
+  """The implementation that runs: the explicit choice (splash falls back to XLA where it
+  cannot read the call), or the best one the target platform supports."""
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Unknown retrieval implementation {implementation!r}; "
                      f"choose one of {IMPLEMENTATIONS} or None (automatic).")
@@ -230,12 +255,14 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
           f"Dropout on retrieval weights runs only in the reference implementation, not "
           f"{implementation!r}: set the weight dropout to 0 or implementation='reference'.")
     return "reference"
+  splash_reads = length is not None and splash.supports(length, has_bias)
+  if implementation == "splash":
+    return "splash" if splash_reads else "xla"
   if implementation is not None:
     return implementation
-  if cudnn_available(dtype, head_dim):
+  if cudnn_supports(dtype, head_dim):
     return "cudnn"
-  if (jax.default_backend() == "tpu" and length is not None and
-      length % SPLASH_BLOCK == 0 and not has_bias):
+  if target.platform() == "tpu" and splash_reads:
     return "splash"
   return "xla"
 
@@ -273,16 +300,17 @@ def retrieve(queries: jax.Array, keys: jax.Array, values: jax.Array, *, skip=1,
   impl = resolve_implementation(implementation, queries.dtype, queries.shape[-1],
                                 dropout_active=dropout_rate > 0.0, length=queries.shape[1],
                                 has_bias=bias is not None)
+  target.record("retrieval", impl, _describe(skip, window, queries.shape[1]))
+  kwargs = dict(skip=skip, window=window, segment_ids=segment_ids, query_scale=query_scale)
   if impl == "reference":
-    return retrieve_reference(queries, keys, values, skip=skip, window=window,
-                              segment_ids=segment_ids, query_scale=query_scale, bias=bias,
-                              dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  if impl == "splash" and (bias is not None or queries.shape[1] % SPLASH_BLOCK):
-    impl = "xla"
+    return retrieve_reference(queries, keys, values, bias=bias, dropout_rate=dropout_rate,
+                              dropout_rng=dropout_rng, **kwargs)
   if impl == "splash":
-    from mosaics_jax.kernels import splash  # pylint: disable=import-outside-toplevel
-    return splash.retrieve_splash(queries, keys, values, skip=skip, window=window,
-                                  segment_ids=segment_ids, query_scale=query_scale)
-  return retrieve_fused(queries, keys, values, skip=skip, window=window,
-                        segment_ids=segment_ids, query_scale=query_scale, bias=bias,
-                        implementation=impl)
+    return retrieve_splash(queries, keys, values, **kwargs)
+  return retrieve_fused(queries, keys, values, bias=bias, implementation=impl, **kwargs)
+
+
+def _describe(skip, window: int | None, length: int) -> str:
+  """What a read is, for the kernel report: 'T 4096, skip m (traced), window 256'."""
+  skip = f"skip {skip}" if isinstance(skip, (int, np.integer)) else "skip m (traced)"
+  return f"T {length}, {skip}" + ("" if window is None else f", window {window}")

@@ -29,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from mosaics_jax.kernels import retrieval
+from mosaics_jax.kernels import retrieval, target
 
 IMPLEMENTATIONS = ("reference", "recompute", "xla", "cudnn")
 
@@ -76,7 +76,7 @@ def read_slots_fused(queries, slot_keys, slot_values, implementation: str = "xla
 
 def resolve_implementation(implementation: str | None, dtype, head_dim: int,
                            dropout_active: bool) -> str:
-  """The explicit choice (checked), or the best one this backend supports."""
+  """The explicit choice (checked), or the best one the target platform supports."""
   if implementation is not None and implementation not in IMPLEMENTATIONS:
     raise ValueError(f"Unknown slot-read implementation {implementation!r}; choose one of "
                      f"{IMPLEMENTATIONS} or None (automatic).")
@@ -86,7 +86,7 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
         f"not {implementation!r}: set persistent_dropout=0 or choose one of those.")
   if implementation is not None:
     return implementation
-  if not dropout_active and retrieval.cudnn_available(dtype, head_dim):
+  if not dropout_active and retrieval.cudnn_supports(dtype, head_dim):
     return "cudnn"
   return "recompute"
 
@@ -113,6 +113,7 @@ def read_slots(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array,
     raise ValueError("slot dropout_rate > 0 needs a dropout_rng.")
   impl = resolve_implementation(implementation, queries.dtype, queries.shape[-1],
                                 dropout_active=dropout_rate > 0.0)
+  target.record("slot read", impl, f"{slot_keys.shape[0]} x {slot_keys.shape[2]} slots per head")
   if impl in ("xla", "cudnn"):
     return read_slots_fused(queries, slot_keys, slot_values, impl)
   read = read_slots_reference if impl == "reference" else read_slots_recompute

@@ -37,20 +37,24 @@ def _init_tokens(model: nn.Module, length: int | None) -> jax.Array:
 
 def init_params(model: nn.Module, rng: jax.Array, length: int | None = None):
   """Float32 parameters (plain arrays, logical-axis boxes removed)."""
-  variables = jax.jit(model.init)(rng, _init_tokens(model, length))
+  variables = jax.jit(lambda rng: model.init(rng, _init_tokens(model, length)))(rng)
   return nn.unbox(variables["params"])
+
+
+def _abstract_variables(model: nn.Module, length: int | None):
+  # Key and tokens are made inside the trace: no concrete array, so this also works under a
+  # mesh of devices the host does not have (an ahead-of-time compile).
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), _init_tokens(model, length)))
 
 
 def abstract_params(model: nn.Module, length: int | None = None):
   """Shapes and dtypes of the parameters, without allocating them (``jax.eval_shape``)."""
-  boxed = jax.eval_shape(model.init, jax.random.key(0), _init_tokens(model, length))
-  return nn.unbox(boxed["params"])
+  return nn.unbox(_abstract_variables(model, length)["params"])
 
 
 def logical_axes(model: nn.Module):
   """PartitionSpecs of logical axis names, one per parameter (same tree as the params)."""
-  boxed = jax.eval_shape(model.init, jax.random.key(0), _init_tokens(model, None))
-  return nn.get_partition_spec(boxed["params"])
+  return nn.get_partition_spec(_abstract_variables(model, None)["params"])
 
 
 def count_params(params) -> int:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from mosaics_jax.kernels import slots
+from mosaics_jax.kernels import slots, target
 
 NORMS = ("layer", "rms")
 POSITIONS = ("learned", "rope", "alibi", "none")
@@ -46,9 +45,10 @@ def _check_common(config) -> None:
 
 
 def compute_dtype(name: str | None) -> Any:
-  """The matmul dtype: the named one, or bf16 on GPU/TPU and float32 on CPU when None."""
+  """The matmul dtype: the named one, or, when None, bf16 if the target (the devices of the mesh
+  being traced for, else the default backend) is a GPU or TPU and float32 on a CPU."""
   if name is None:
-    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+    return jnp.bfloat16 if target.platform() in ("gpu", "tpu") else jnp.float32
   _check(name in DTYPES, f"dtype={name!r}: choose one of {DTYPES} or None (automatic).")
   return jnp.dtype(name)
 

@@ -68,14 +68,22 @@ def log(message: str) -> None:
 # Steps (pure functions, jitted below).
 
 
-def make_train_step(model, optimizer, schedule, accumulation: int, seed: int):
-  """(state, batch) -> (state, metrics). Gradients are averaged over ``accumulation``
-  micro-batches; a step with a non-finite loss or gradient leaves the state unchanged."""
+def make_loss(model):
+  """(params, batch, key) -> the training loss of one (micro-)batch, dropout and v2's m drawn
+  from ``key``."""
 
   def loss_fn(params, batch, key):
     logits = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"),
                          deterministic=False, rngs={"dropout": key})
     return losses.cross_entropy(logits, batch["targets"])
+
+  return loss_fn
+
+
+def make_train_step(model, optimizer, schedule, accumulation: int, seed: int):
+  """(state, batch) -> (state, metrics). Gradients are averaged over ``accumulation``
+  micro-batches; a step with a non-finite loss or gradient leaves the state unchanged."""
+  loss_fn = make_loss(model)
 
   def step(state, batch):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -217,13 +225,14 @@ def build_program(name: str, section, config, vocab_size: int, mesh) -> Program:
   schedule = optimizer_lib.learning_rate(optimizer_settings, num_steps)
   optimizer = optimizer_lib.make_optimizer(optimizer_settings, num_steps)
   sharding.check_batch(config.data.batch_size, mesh, optimizer_settings.accumulation_steps)
-  init_tokens = jnp.zeros((1, config.data.seq_len), jnp.int32)
 
   def init(rng):
-    params = nn.unbox(model.init(rng, init_tokens)["params"])
+    params = nn.unbox(model.init(rng, jnp.zeros((1, config.data.seq_len), jnp.int32))["params"])
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
+  # No concrete array is made here, so the program also builds for a mesh of devices this
+  # host does not have (an ahead-of-time compile, ``mosaics_jax.compile``).
+  abstract = jax.eval_shape(lambda: init(jax.random.key(config.seed)))
   param_shardings = sharding.logical_to_shardings(models.logical_axes(model), abstract.params,
                                                   mesh)
   state_shardings = sharding.state_shardings(abstract, param_shardings, mesh)

@@ -1,4 +1,5 @@
-"""The TPU path (Pallas splash attention) against the reference, in Pallas interpret mode."""
+"""The TPU path (Pallas splash attention) against the reference, in Pallas interpret mode, on one
+device and per shard of a mesh; the kernel choice by the target's platform."""
 
 import dataclasses
 
@@ -7,8 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax.linen as nn
+from jax.sharding import NamedSharding, PartitionSpec
+
 from mosaics_jax import losses, models
-from mosaics_jax.kernels import retrieval, splash
+from mosaics_jax.kernels import retrieval, splash, target
+from mosaics_jax.train import sharding
 
 T, H, D = 256, 2, 32
 
@@ -69,12 +74,80 @@ def test_splash_is_chosen_only_where_it_applies():
   assert retrieval.resolve_implementation(None, jnp.float32, 64, length=256) == "xla"  # a CPU
   with pytest.raises(ValueError, match="multiple of 128"):
     short = jnp.zeros((1, 200, H, D))
-    splash.retrieve_splash(short, short, short)
+    retrieval.retrieve_splash(short, short, short)
   q, k, v, _ = inputs()  # asked for, but with a bias (ALiBi): XLA reads it
   bias = jax.random.normal(jax.random.key(4), (1, H, T, T))
   np.testing.assert_allclose(
       retrieval.retrieve(q, k, v, bias=bias, implementation="splash"),
       retrieval.retrieve(q, k, v, bias=bias, implementation="reference"), atol=2e-5)
+
+
+def tpu_mesh(shape=(4,), names=("data",)):
+  """An abstract mesh of TPU chips: what a step compiled for a TPU slice is traced under."""
+  device = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
+  return jax.sharding.AbstractMesh(shape, names, abstract_device=device)
+
+
+def test_the_choice_follows_the_mesh_being_traced_for_not_the_host():
+  """Traced for TPU chips on this CPU host: splash (and bf16 compute) as a TPU run would,
+  XLA where splash cannot read the call; back on the host without a mesh: XLA."""
+  with jax.sharding.use_abstract_mesh(tpu_mesh()):
+    assert target.platform() == "tpu"
+    assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "splash"
+    assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=200) == "xla"
+    assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256,
+                                            has_bias=True) == "xla"
+    assert models.compute_dtype(None) == jnp.bfloat16
+  assert target.platform() == jax.default_backend() == "cpu"
+  assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "xla"
+  assert models.compute_dtype(None) == jnp.float32
+
+
+def test_recording_names_each_choice_and_counts_kernel_flops():
+  q, k, v, segments = inputs()
+  with target.recording() as trace:
+    jax.eval_shape(lambda q, k, v: retrieval.retrieve(q, k, v, window=40, segment_ids=segments,
+                                                      implementation="splash"), q, k, v)
+    jax.eval_shape(lambda q, k, v: retrieval.retrieve(q, k, v), q, k, v)
+  assert trace.choices == {"retrieval": {"splash": ["T 256, skip 1, window 40"],
+                                         "xla": ["T 256, skip 1"]}}
+  # A 256-long window reaching 38 pairs back, in one 256 block: one block per head, computed
+  # whole: 2 * B * H * 256^2 * D per matmul, 2 forward, 3 + 4 backward.
+  per_matmul = 2 * 2 * H * 256 * 256 * D
+  assert trace.kernel_flops == [{"fwd": 2 * per_matmul, "dq": 3 * per_matmul,
+                                 "dkv": 4 * per_matmul}]
+  assert splash.computed_blocks(4096, None) == 36  # causal, 8 x 8 blocks of 512: the triangle
+  assert splash.computed_blocks(4096, 254) == 15  # v2's short-term window: diagonal + 1 below
+
+
+@pytest.mark.parametrize("window, skip", [(None, "traced"), (40, 1)])
+def test_on_a_mesh_splash_runs_per_shard_and_reads_what_the_reference_reads(window, skip):
+  """Batch over data x fsdp, heads over tensor (the logical rules' axes), 8 CPU devices: the
+  kernel runs in shard_map on each device's block (interpret mode), gradients included."""
+  q, k, v, segments = (jnp.concatenate([x, x[::-1]]) for x in inputs())  # 4 rows
+  scale = jnp.linspace(0.5, 1.5, T)[None, :, None] * jnp.ones((1, 1, H))
+  mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  per_head = NamedSharding(mesh, PartitionSpec(sharding.BATCH_AXES, None, "tensor"))
+  q, k, v = (jax.device_put(x, per_head) for x in (q, k, v))
+  cotangent = jax.random.normal(jax.random.key(9), v.shape)
+
+  def loss_and_grads(implementation):
+    def loss(q, k, v, m):
+      out = retrieval.retrieve(q, k, v, skip=1 if skip == 1 else m, window=window,
+                               segment_ids=segments, query_scale=scale,
+                               implementation=implementation)
+      return jnp.sum(out * cotangent), out
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v, jnp.int32(37))
+
+  (grads, out), (want_grads, want) = loss_and_grads("splash"), loss_and_grads("reference")
+  np.testing.assert_allclose(out, want, atol=2e-5)
+  for got, expected in zip(grads, want_grads):
+    np.testing.assert_allclose(got, expected, atol=2e-4, rtol=1e-3)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    text = jax.jit(lambda q, k, v: retrieval.retrieve(q, k, v, implementation="splash")).lower(
+        q, k, v).as_text()
+  assert "shard_map" in text or "sdy.manual_computation" in text
 
 
 def _shapes(jaxpr):
