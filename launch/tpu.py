@@ -14,8 +14,8 @@ mounts).
 instead of creating it at once.
 
 The code goes to the workers as ``git archive HEAD`` (commit first); ``setup`` makes a venv in
-``~/mosaics_jax`` on every worker and installs the project with ``jax[tpu]`` and ``gcsfs``
-(for ``gs://`` workdirs and corpora). The run is
+``~/mosaics_jax`` on every worker and installs the project with its ``tpu`` extra (libtpu)
+and ``gcsfs`` (for ``gs://`` workdirs and corpora). The run is
 ``python -m mosaics_jax.main ARGS`` on all workers at once: ``jax.distributed`` finds the
 other workers from the TPU environment, and each worker reads its slice of the data.
 """
@@ -79,7 +79,7 @@ def setup_commands(a) -> list[list[str]]:
   install = " && ".join([
       f"mkdir -p ~/{REMOTE_DIR}", f"tar -xzf ~/{ARCHIVE.split('/')[-1]} -C ~/{REMOTE_DIR}",
       f"cd ~/{REMOTE_DIR}", "python3 -m venv .venv",
-      ".venv/bin/pip install -q -U pip", ".venv/bin/pip install -q -e . 'jax[tpu]' gcsfs"])
+      ".venv/bin/pip install -q -U pip", ".venv/bin/pip install -q -e '.[tpu]' gcsfs"])
   return [["git", "-C", str(ROOT), "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
           gcloud_tpu("tpu-vm", "scp", ARCHIVE, f"{a.name}:~/", "--worker=all",
                      zone=a.zone, project=a.project),

@@ -23,6 +23,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from mosaics_jax.train import sharding
 
 
 def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float = 1.0,
@@ -58,13 +61,40 @@ def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
   return tokens, segments
 
 
+def _empty_cache(model, batch_size: int, max_length: int):
+  tokens = jnp.zeros((batch_size, max_length), jnp.int32)
+  return model.init(jax.random.key(0), tokens, decode=True)["cache"]
+
+
 def init_cache(model, batch_size: int, max_length: int):
   """An empty decoding cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
-  tokens = jnp.zeros((batch_size, max_length), jnp.int32)
-  return jax.jit(lambda t: model.init(jax.random.key(0), t, decode=True)["cache"])(tokens)
+  return jax.jit(lambda: _empty_cache(model, batch_size, max_length))()
 
 
-def _decode(model, params, cache, tokens, segments):
+def abstract_cache(model, batch_size: int, max_length: int):
+  """Shapes and dtypes of ``init_cache``, allocating nothing (``jax.eval_shape``)."""
+  return jax.eval_shape(lambda: _empty_cache(model, batch_size, max_length))
+
+
+_SHARED_BY_ROWS = ("index", "positions")  # cache entries without a row axis
+
+
+def cache_shardings(cache, mesh):
+  """NamedShardings for a cache on ``mesh``: rows (sequences) split like a batch where the
+  batch axes divide them; the step counter and slot positions, shared by all rows, replicated."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def pick(path, leaf):
+    by_rows = (getattr(path[-1], "key", "") not in _SHARED_BY_ROWS and leaf.ndim
+               and leaf.shape[0] % shards == 0)
+    return sharding.batch_sharding(mesh) if by_rows else NamedSharding(mesh, PartitionSpec())
+
+  return jax.tree_util.tree_map_with_path(pick, cache)
+
+
+def decode_chunk(model, params, cache, tokens, segments):
+  """One chunk (a prompt, or one token per row) through ``model`` with its cache:
+  (logits at the chunk's last position, the updated cache)."""
   logits, variables = model.apply({"params": params, "cache": cache}, tokens, segments,
                                   decode=True, mutable=["cache"])
   return logits[:, -1], variables["cache"]
@@ -73,7 +103,7 @@ def _decode(model, params, cache, tokens, segments):
 @functools.partial(jax.jit, static_argnames=("model",))
 def prefill(model, params, cache, tokens, segments):
   """Fill ``cache`` with (left-padded) prompts: (logits at the last position, cache)."""
-  return _decode(model, params, cache, tokens, segments)
+  return decode_chunk(model, params, cache, tokens, segments)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k", "top_p"))
@@ -81,14 +111,14 @@ def sample_with_cache(model, params, cache, tokens, segments, rng, *, steps, tem
                       top_p):
   """The jitted loop behind ``sample``: prefill the (left-padded) prompts, then one position per
   new token. Returns (B, steps) tokens."""
-  logits, cache = _decode(model, params, cache, tokens, segments)
+  logits, cache = decode_chunk(model, params, cache, tokens, segments)
   pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
   out = jnp.zeros((tokens.shape[0], steps), jnp.int32).at[:, 0].set(
       pick(logits, jax.random.fold_in(rng, 0)))
 
   def step(i, carry):
     cache, out = carry
-    logits, cache = _decode(model, params, cache, jax.lax.dynamic_slice_in_dim(out, i - 1, 1, 1),
+    logits, cache = decode_chunk(model, params, cache, jax.lax.dynamic_slice_in_dim(out, i - 1, 1, 1),
                             jnp.ones((tokens.shape[0], 1), jnp.int32))
     return cache, out.at[:, i].set(pick(logits, jax.random.fold_in(rng, i)))
 
@@ -162,15 +192,14 @@ def sample(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
 def _reorder(cache, rows: jax.Array):
   """Select cache rows (beams); the step counter and slot positions are shared by all rows."""
   def pick(path, leaf):
-    name = getattr(path[-1], "key", "")
-    return leaf if name in ("index", "positions") else leaf[rows]
+    return leaf if getattr(path[-1], "key", "") in _SHARED_BY_ROWS else leaf[rows]
   return jax.tree_util.tree_map_with_path(pick, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beams", "steps", "eos_id"))
 def _beam_search(model, params, cache, tokens, segments, *, beams, steps, eos_id):
   batch = tokens.shape[0] // beams
-  logits, cache = _decode(model, params, cache, tokens, segments)
+  logits, cache = decode_chunk(model, params, cache, tokens, segments)
   # Only the first copy of each prompt is live at the start.
   scores = jnp.tile(jnp.asarray([0.0] + [-jnp.inf] * (beams - 1)), batch)
   out = jnp.zeros((batch * beams, steps), jnp.int32)
@@ -192,7 +221,7 @@ def _beam_search(model, params, cache, tokens, segments, *, beams, steps, eos_id
     lengths = lengths[rows] + (~finished[rows]).astype(jnp.int32)
     finished = finished[rows] | (token == eos_id if eos_id is not None else False)
     cache = _reorder(cache, rows)
-    logits, cache = _decode(model, params, cache, token[:, None],
+    logits, cache = decode_chunk(model, params, cache, token[:, None],
                             jnp.ones((token.shape[0], 1), jnp.int32))
     return logits, cache, best.reshape(-1), out, lengths, finished
 

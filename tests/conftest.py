@@ -1,10 +1,13 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and the official-code oracle."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), libtpu shared between processes,
+and the official-code oracle."""
 
 import os
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The AOT tests (tests/test_compile.py) use libtpu's compiler in several processes at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -11,7 +11,8 @@ locked, so a mistyped ``--config.x.y`` fails at once. Fields:
     optimizer_overrides.NAME.*  fields of ``optimizer`` that differ for model NAME (each model
                          at its own tuned learning rate, say); empty by default
     train.*              steps, logging, evaluation, checkpoints, profiling
-    mesh.*               data / fsdp / tensor sizes (-1: the remaining devices)
+    mesh.*               data / fsdp / tensor sizes (-1: the remaining devices), pod (the
+                         slice a layout is for)
     report.*             samples written after training
 """
 
@@ -133,7 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
       peak_flops=0.0,             # per device, for MFU where the device is not in the table
       evaluators="",              # comma-separated mosaics_jax.evaluate.EVALUATORS to run
   ))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # pod: the slice a layout was made for (pod=SLICE in a config argument; "" for none), the
+  # slice ``python -m mosaics_jax.compile`` compiles for.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, pod=""))
   config.report = ml_collections.ConfigDict(dict(
       prompts=["Once upon a time", "Tom and Lily went to the park.", "The little dog"],
       sample_tokens=48, temperature=0.8, top_k=40))

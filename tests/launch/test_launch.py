@@ -42,7 +42,7 @@ def test_tpu_up_creates_installs_and_runs_on_every_worker():
           "--zone=us-east5-a", "--project=proj"} <= set(create)
   assert archive[:2] == ["git", "-C"] and "HEAD" in archive
   assert scp[4] == "scp" and "--worker=all" in scp and "mm:~/" in scp
-  assert "--worker=all" in install and "-e . 'jax[tpu]' gcsfs" in install[-3]
+  assert "--worker=all" in install and "-e '.[tpu]' gcsfs" in install[-3]
   assert run[4] == "ssh" and "--worker=all" in run
   remote = next(x for x in run if x.startswith("--command=")).split("=", 1)[1]
   assert ("XLA_FLAGS=--xla_dump_to=/tmp/d nohup .venv/bin/python -m mosaics_jax.main "

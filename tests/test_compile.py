@@ -1,0 +1,180 @@
+"""Ahead-of-time compiles for TPU slices on this CPU host (libtpu's compiler, nothing runs):
+the splash path under sharding, on one host and two, and the compile command.
+
+libtpu comes with the test extra; where it is missing these tests skip, except in CI
+(MOSAICS_REQUIRE_LIBTPU=1), where a missing libtpu fails them.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from experiments import registry
+from mosaics_jax import compile as compile_lib
+from mosaics_jax import generate, hardware
+from mosaics_jax.kernels import retrieval, target
+from mosaics_jax.train import sharding, trainer
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tpu_devices(topology: str):
+  try:
+    from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  except Exception as error:  # pylint: disable=broad-except
+    if os.environ.get("MOSAICS_REQUIRE_LIBTPU") == "1":
+      raise
+    pytest.skip(f"no TPU compiler here ({error}); pip install -e '.[tpu]'")
+
+
+def tiny_config(experiment: str, mesh_shape, remat: str = "none"):
+  """The experiment's ``tiny`` models at 128 tokens (splash reads whole blocks of 128)."""
+  config = registry.get_config(experiment, "tiny")
+  with config.unlocked():
+    config.data.seq_len = 128
+    config.data.batch_size = 8
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
+    for section in config.models.values():
+      section.update(context_length=128, remat=remat)
+  return config
+
+
+def abstract(tree, shardings):
+  return jax.tree_util.tree_map(
+      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), tree, shardings)
+
+
+MOSAIC_CALL = "tpu_custom_call"  # how a Pallas TPU kernel appears in the lowered module
+
+
+def test_the_splash_kernel_compiles_batch_sharded_over_four_chips():
+  """The issue's case: "Mosaic kernels cannot be automatically partitioned" before."""
+  mesh = sharding.make_mesh(dict(data=4, fsdp=1, tensor=1), tpu_devices("v5e:2x2"))
+  x = jax.ShapeDtypeStruct((8, 1024, 8, 128), jnp.bfloat16,
+                           sharding=NamedSharding(mesh, PartitionSpec(sharding.BATCH_AXES)))
+  read = lambda q, k, v: retrieval.retrieve_splash(q, k, v, skip=1, interpret=False)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    forward = jax.jit(read).lower(x, x, x)
+    backward = jax.jit(jax.grad(lambda q, k, v: jnp.sum(read(q, k, v).astype(jnp.float32)),
+                                argnums=(0, 1, 2))).lower(x, x, x)
+  for lowered in (forward, backward):
+    assert MOSAIC_CALL in lowered.as_text()
+    lowered.compile()
+
+
+@pytest.mark.parametrize("experiment", ["babistories_v1", "v2_pretraining"])
+@pytest.mark.parametrize("topology, mesh_shape, remat", [
+    ("v5e:2x2", (4, 1, 1), "none"),
+    ("v5e:2x2", (1, 4, 1), "block"),
+    ("v5e:2x2", (2, 1, 2), "dots"),  # heads over tensor
+    ("v5p:2x2x2", (2, 2, 2), "none"),  # 8 chips on 2 hosts
+])
+def test_train_and_decode_steps_compile_for_tpu_meshes_on_the_splash_path(
+    experiment, topology, mesh_shape, remat):
+  """Failed before the splash kernel ran per shard: "Mosaic kernels cannot be automatically
+  partitioned" on every multi-chip mesh."""
+  devices = tpu_devices(topology)
+  config = tiny_config(experiment, mesh_shape, remat)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rows = sharding.batch_sharding(mesh)
+  name = "mosaic"
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    program = trainer.build_program(name, config.models[name], config,
+                                    config.data.tokenizer.vocab_size, mesh)
+    state = abstract(program.abstract_state, program.state_shardings)
+    batch = {k: jax.ShapeDtypeStruct((8, 128), jnp.int32, sharding=rows)
+             for k in ("inputs", "targets", "segment_ids")}
+    with target.recording() as trace:
+      lowered = program.train_step.lower(state, batch)
+    assert set(trace.choices["retrieval"]) == {"splash"}, trace.choices
+    assert MOSAIC_CALL in lowered.as_text()
+    lowered.compile()
+
+    cache = generate.abstract_cache(program.model, 8, 128)
+    cache_shardings = generate.cache_shardings(cache, mesh)
+    one = jax.ShapeDtypeStruct((8, 1), jnp.int32, sharding=rows)
+    decode = jax.jit(lambda p, c, t, s: generate.decode_chunk(program.model, p, c, t, s),
+                     out_shardings=(None, cache_shardings), donate_argnums=1)
+    decode.lower(state.params, abstract(cache, cache_shardings), one, one).compile()
+
+
+def run_compile(*args):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "mosaics_jax.compile", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_the_command_reports_kernels_memory_and_flops_as_json():
+  tpu_devices("v5e:2x2")
+  result = run_compile("--config=experiments/configs/quickstart.py:tiny", "--pod=v5litepod-4",
+                       "--config.data.seq_len=128", "--config.models.mosaic.context_length=128",
+                       "--models=mosaic", "--json")
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout)
+  assert report["slice"].startswith("v5litepod-4 (v5e:2x2: 4 chips on 1 host")
+  (mosaic,) = report["reports"]
+  assert mosaic["kernels"]["retrieval"] == {"splash": ["T 128, skip 1"]}
+  assert mosaic["kernels"]["slot read"] == {"recompute": ["1 x 224 slots per head"]}
+  memory = mosaic["memory"]
+  assert memory["total"] == (memory["arguments"] + memory["outputs"] - memory["aliased"] +
+                             memory["temporaries"] + memory["code"]) > 0
+  assert 0 < mosaic["share"] < 0.01 and mosaic["hbm"] == 16e9
+  flops = mosaic["flops"]
+  assert flops["kernels"] > 0 and flops["total"] == flops["xla"] + flops["kernels"]
+  # 8 sequences of 128 on 4 chips; no remat: the compiled step is about our count (the
+  # compiler also counts norms, softmaxes and the optimizer, and whole splash blocks).
+  assert mosaic["tokens"] == 8 * 128 // 4
+  assert 0.9 < flops["total"] / flops["model"] < 2.0
+  assert mosaic["floors"]["tokens_per_second"] > 0
+  assert mosaic["decode"]["rows"] == 8 and mosaic["decode"]["memory"]["total"] > 0
+
+
+def test_flops_of_an_accumulated_step_count_every_micro_batch():
+  """Cost analysis counts the accumulation loop's body once; the report adds the other
+  micro-batches (depth-extrapolated micro-step compiles): the same FLOPs as one big batch."""
+  devices = tpu_devices("v5e:2x2")
+  flops = {}
+  for accumulation in (1, 2):
+    config = tiny_config("quickstart", (4, 1, 1))
+    with config.unlocked():
+      config.data.batch_size, config.optimizer.accumulation_steps = 16, accumulation
+    report = compile_lib.compile_model(config, "mosaic", sharding.make_mesh(config.mesh, devices),
+                                       hardware.chip("v5litepod-4")[0], "test", decode=False)
+    flops[accumulation] = report.flops
+  assert flops[2]["model"] == flops[1]["model"]
+  assert flops[2]["kernels"] == flops[1]["kernels"]
+  assert abs(flops[2]["total"] / flops[1]["total"] - 1) < 0.01
+
+
+def test_a_layout_that_does_not_fit_fails_with_the_fix():
+  """Over the chip's HBM the TPU compiler itself refuses; over 90% of it, our budget does."""
+  tpu_devices("v5e:2x2")
+  # A width of 8192: 3.2B parameters with AdamW, 51 GB, replicated on every chip (data 4).
+  result = run_compile("--config=experiments/configs/quickstart.py:tiny", "--pod=v5litepod-4",
+                       "--config.models.transformer.embed_dim=8192", "--models=transformer",
+                       "--nodecode")
+  assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+  assert "the train step of model transformer does not compile for v5litepod-4" in result.stderr
+  assert "accumulation_steps" in result.stderr and "experiments/layouts.py" in result.stderr
+  config = registry.get_config("quickstart", "tiny")
+  nearly_full = compile_lib.Report(
+      model="mosaic", parameters=1, kernels={}, hbm=16e9, estimate=1, flops={},
+      bytes_accessed=0, tokens=1, floors={}, compile_seconds={}, decode=None,
+      memory=dict(arguments=0, outputs=0, aliased=0, temporaries=0, code=0, total=15e9))
+  with pytest.raises(compile_lib.CompileError, match="94% of the chip's 16 GB .*remat=block"):
+    compile_lib.check_fits([nearly_full], config, "quickstart.py:tiny")
+
+
+def test_bad_targets_are_named():
+  with pytest.raises(compile_lib.CompileError, match="GPU slice"):
+    compile_lib.compile_config(registry.get_config("quickstart", "tiny"), "h100x8")
+  result = run_compile("--config=experiments/configs/quickstart.py:tiny")
+  assert result.returncode == 1 and "name the slice to compile for" in result.stderr
