@@ -8,9 +8,10 @@ needed, so the table of a 256-chip slice is computed on a laptop):
   * gradients: one parameter-sized copy, two with gradient accumulation (the running sum);
   * activations: the residuals JAX's autodiff saves for the backward pass of the loss on the
     per-device micro-batch (``saved_residuals``: traced on abstract values, nothing runs),
-    under the model's ``remat``, plus, with remat, one block's residuals rebuilt during its
-    backward pass (``recompute``). Those of shape (..., T, T) are the retrieval weights and masks
-    of the XLA path, reported on their own (``retrieval_weights``): fused kernels (cuDNN flash
+    under the model's ``remat``, plus what one layer's backward pass rebuilds (``recompute``):
+    with remat, the block's residuals; with v1's recomputing slot read, its slot
+    probabilities. Those of shape (..., T, T) are the retrieval weights and masks of the XLA
+    path, reported on their own (``retrieval_weights``): fused kernels (splash, cuDNN flash
     attention) keep O(T) softmax statistics instead, and these decide whether long contexts
     fit.
 
@@ -19,7 +20,8 @@ train one model on one device per context length (docs/scaling.md, Long contexts
 
 XLA's buffer assignment (fusions, temporaries, collectives' buffers) moves the true peak by
 some tens of percent either way; ``tests/train/test_memory.py`` compares the estimate with the
-compiled step's own accounting on CPU.
+compiled step's own accounting on CPU, and ``python -m mosaics_jax.compile`` prints it beside
+the TPU compiler's (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from jax._src.ad_checkpoint import saved_residuals
 from jax.sharding import NamedSharding
 
 from mosaics_jax import losses, models
+from mosaics_jax.kernels import slots
 from mosaics_jax.train import optimizer as optimizer_lib, sharding
 from mosaics_jax.train.config import (base_config, model_config as model_config_of,
                                       model_section, optimizer_config)
@@ -119,15 +122,33 @@ def activation_memory(model_config, tokens: jax.ShapeDtypeStruct, params=None) -
   params = models.abstract_params(models.build_model(model_config)) if params is None else params
   saved, weights = _residuals(model_config, tokens, params)
   recompute = recompute_weights = 0
+  one_layer = dataclasses.replace(model_config, num_layers=1)
+  one_params = None
   if model_config.remat != "none":  # one block's residuals: what remat removes from one layer
-    one_layer = dataclasses.replace(model_config, num_layers=1)
     one_params = models.abstract_params(models.build_model(one_layer))
     kept, kept_weights = _residuals(one_layer, tokens, one_params)
     whole, whole_weights = _residuals(dataclasses.replace(one_layer, remat="none"), tokens,
                                       one_params)
     recompute, recompute_weights = whole - kept, whole_weights - kept_weights
+  if _slot_read_recomputes(model_config):  # its probabilities, rebuilt in one layer's backward
+    one_params = one_params or models.abstract_params(models.build_model(one_layer))
+    plain = dataclasses.replace(one_layer, remat="none")
+    kept, _ = _residuals(plain, tokens, one_params)
+    whole, _ = _residuals(dataclasses.replace(plain, persistent_implementation="reference"),
+                          tokens, one_params)
+    recompute += whole - kept
   return dict(activations=saved - weights, retrieval_weights=weights,
               recompute=recompute - recompute_weights, recompute_weights=recompute_weights)
+
+
+def _slot_read_recomputes(model_config) -> bool:
+  """Whether v1's slot read runs its recomputing path (``kernels/slots.py``), whose backward
+  pass rebuilds the (B, T, H, P x N) slot probabilities of one layer at a time."""
+  if not isinstance(model_config, models.MosaicConfig) or model_config.version != 1:
+    return False
+  return slots.resolve_implementation(
+      model_config.persistent_implementation, models.compute_dtype(model_config.dtype),
+      model_config.head_dim, dropout_active=model_config.persistent_dropout > 0) == "recompute"
 
 
 def one_device_table(preset: str, lengths: list[int], remats: list[str], batch: int = 1,
