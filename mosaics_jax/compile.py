@@ -285,7 +285,7 @@ def _tera(flops: float) -> str:
 
 def format_report(report: Report) -> str:
   memory, flops, floors = report.memory, report.flops, report.floors
-  kernels = "; ".join(f"{op}: {impl} ({', '.join(calls)})" for op, impls in report.kernels.items()
+  kernels = "; ".join(f"{op}: {impl} [{' | '.join(calls)}]" for op, impls in report.kernels.items()
                       for impl, calls in impls.items())
   lines = [
       f"[{report.model}] {report.parameters:,} parameters",
@@ -314,31 +314,23 @@ def format_report(report: Report) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally FILE:ARG (e.g. ...:small,pod=v5p-128).",
-    lock_config=True)
-_POD = flags.DEFINE_string("pod", None, "The slice to compile for (v5litepod-N, v5p-N, v6e-N), "
-                           "when the config argument has no pod=SLICE.")
-_MODELS = flags.DEFINE_list("models", None, "Models of config.models to compile (default all).")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
-_DECODE = flags.DEFINE_bool("decode", True, "Also compile the one-token decode step.")
-flags.mark_flags_as_required(["config"])
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_logging()
-  config = _CONFIG.value
-  label = config_flags.get_config_filename(flags.FLAGS["config"])
-  slice_name = _POD.value or config.mesh.pod
+  # Executables for devices this host lacks cannot be reloaded from a compilation cache.
+  jax.config.update("jax_enable_compilation_cache", False)
+  values = flags.FLAGS
+  config = values.config
+  label = config_flags.get_config_filename(values["config"])
+  slice_name = values.pod or config.mesh.pod
   try:
     if not slice_name:
       raise CompileError(f"{label}: name the slice to compile for: pod=SLICE in the config "
                          "argument (e.g. v2_pretraining.py:small,pod=v5p-128) or --pod=SLICE.")
     started = time.time()
-    where, reports = compile_config(config, slice_name, _MODELS.value, label, _DECODE.value)
-    if _JSON.value:
+    where, reports = compile_config(config, slice_name, values.models, label, values.decode)
+    if values.json:
       print(json.dumps(dict(config=label, slice=where, budget=hardware.MEMORY_BUDGET,
                             reports=[dataclasses.asdict(r) | dict(share=r.share)
                                      for r in reports]), indent=2))
@@ -354,4 +346,15 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  # The flags are the command line's only (the module is also a library, imported beside
+  # other commands' flags).
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file, optionally FILE:ARG (e.g. ...:small,pod=v5p-128).",
+      lock_config=True)
+  flags.DEFINE_string("pod", None, "The slice to compile for (v5litepod-N, v5p-N, v6e-N), when "
+                      "the config argument has no pod=SLICE.")
+  flags.DEFINE_list("models", None, "Models of config.models to compile (default all).")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
+  flags.DEFINE_bool("decode", True, "Also compile the one-token decode step.")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -118,8 +118,9 @@ def sample_with_cache(model, params, cache, tokens, segments, rng, *, steps, tem
 
   def step(i, carry):
     cache, out = carry
-    logits, cache = decode_chunk(model, params, cache, jax.lax.dynamic_slice_in_dim(out, i - 1, 1, 1),
-                            jnp.ones((tokens.shape[0], 1), jnp.int32))
+    previous = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, 1)
+    logits, cache = decode_chunk(model, params, cache, previous,
+                                 jnp.ones((tokens.shape[0], 1), jnp.int32))
     return cache, out.at[:, i].set(pick(logits, jax.random.fold_in(rng, i)))
 
   return jax.lax.fori_loop(1, steps, step, (cache, out))[1]

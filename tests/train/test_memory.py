@@ -65,10 +65,16 @@ def test_activations_bracket_the_compiled_steps_temporary_memory(name):
 def test_remat_moves_residuals_into_one_block_of_recomputation():
   none, block = (memory.training_memory(config_on_8_devices(remat=remat), "mosaic", 8)
                  for remat in ("none", "block"))
-  assert none.recompute == none.recompute_weights == 0
+  # Without remat, one layer's backward rebuilds only the recomputing slot read's probabilities:
+  # (8 sequences, 128 tokens, 4 heads, 448 slots) in float32, about twice (softmax and scores).
+  probabilities = 8 * 128 * 4 * 448 * 4
+  assert probabilities <= none.recompute <= 3 * probabilities and none.recompute_weights == 0
+  kept = memory.training_memory(config_on_8_devices(persistent_implementation="reference"),
+                                "mosaic", 8)
+  assert kept.recompute == 0 and kept.activations > none.activations + probabilities
   assert block.activations < none.activations / 3
   assert block.retrieval_weights < none.retrieval_weights / 5  # masks built outside the blocks
-  assert 0 < block.recompute < none.activations / 2  # one of two blocks
+  assert 0 < block.recompute - none.recompute < none.activations / 2  # one of two blocks
   assert block.recompute_weights > 0 and block.total(fused=False) < none.total(fused=False)
 
 
