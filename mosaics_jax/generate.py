@@ -223,7 +223,7 @@ def _beam_search(model, params, cache, tokens, segments, *, beams, steps, eos_id
     finished = finished[rows] | (token == eos_id if eos_id is not None else False)
     cache = _reorder(cache, rows)
     logits, cache = decode_chunk(model, params, cache, token[:, None],
-                            jnp.ones((token.shape[0], 1), jnp.int32))
+                                 jnp.ones((token.shape[0], 1), jnp.int32))
     return logits, cache, best.reshape(-1), out, lengths, finished
 
   carry = (logits, cache, scores, out, lengths, finished)
