@@ -6,14 +6,16 @@ needed, so the table of a 256-chip slice is computed on a laptop):
   * parameters: float32, each leaf's shard under ``sharding.LOGICAL_RULES`` (as trained);
   * optimizer state: the shards of ``jax.eval_shape(optimizer.init)`` (AdamW: two moments);
   * gradients: one parameter-sized copy, two with gradient accumulation (the running sum);
-  * activations: the residuals JAX's autodiff saves for the backward pass of the loss on the
-    per-device micro-batch (``saved_residuals``: traced on abstract values, nothing runs),
+  * activations: the residuals JAX's autodiff saves for the backward pass of the training loss
+    (dropout on) on the per-device micro-batch (``saved_residuals``: traced on abstract values,
+    nothing runs),
     under the model's ``remat``, plus what one layer's backward pass rebuilds (``recompute``):
     with remat, the block's residuals; with v1's recomputing slot read, its slot
     probabilities. Those of shape (..., T, T) are the retrieval weights and masks of the XLA
     path, reported on their own (``retrieval_weights``): fused kernels (splash, cuDNN flash
     attention) keep O(T) softmax statistics instead, and these decide whether long contexts
-    fit.
+    fit. A retrieval with weight dropout runs on the reference path on every device, so its
+    T x T weights always count (``weights_kept``).
 
 ``python -m mosaics_jax.train.memory --model=mosaic_v2_gpt2_small`` prints the memory to
 train one model on one device per context length (docs/scaling.md, Long contexts).
@@ -38,7 +40,7 @@ from jax._src.ad_checkpoint import saved_residuals
 from jax.sharding import NamedSharding
 
 from mosaics_jax import losses, models
-from mosaics_jax.kernels import slots
+from mosaics_jax.kernels import slots, target
 from mosaics_jax.train import optimizer as optimizer_lib, sharding
 from mosaics_jax.train.config import (base_config, model_config as model_config_of,
                                       model_section, optimizer_config)
@@ -49,19 +51,23 @@ GIB = 1024 ** 3
 @dataclasses.dataclass(frozen=True)
 class Memory:
   """Bytes per device of one training step. ``*_weights``: the T x T retrieval weights and
-  masks that only the XLA path keeps (fused kernels keep O(T) statistics instead)."""
+  masks of the XLA or reference path (fused kernels keep O(T) statistics instead)."""
 
   parameters: int
   optimizer: int
   gradients: int
   activations: int  # residuals kept for the backward pass, T x T ones excepted
   retrieval_weights: int
-  recompute: int  # with rematerialised blocks: one block's residuals, rebuilt in its backward
+  recompute: int  # what one layer's backward rebuilds (remat, the recomputing slot read)
   recompute_weights: int
+  # Weight dropout puts a retrieval on the reference path, which keeps its T x T weights
+  # whatever kernels the device has (no fused kernel drops out weights).
+  weights_kept: bool = False
 
   def total(self, fused: bool) -> int:
-    """The step's peak estimate with fused retrieval kernels (cuDNN) or the XLA path."""
-    weights = 0 if fused else self.retrieval_weights + self.recompute_weights
+    """The step's peak estimate with fused retrieval kernels (splash, cuDNN) or the XLA path."""
+    weights = (0 if fused and not self.weights_kept else
+               self.retrieval_weights + self.recompute_weights)
     return (self.parameters + self.optimizer + self.gradients + self.activations +
             self.recompute + weights)
 
@@ -72,16 +78,23 @@ def _shard_bytes(tree, shardings) -> int:
                  shardings, is_leaf=lambda x: isinstance(x, NamedSharding))))
 
 
-def _residuals(model_config, tokens: jax.ShapeDtypeStruct, params) -> tuple[int, int]:
-  """(bytes, T x T bytes) of what the backward pass of the loss keeps, parameters excepted."""
+def _residuals(model_config, tokens: jax.ShapeDtypeStruct, params) -> tuple[int, int, bool]:
+  """(bytes, T x T bytes, whether a retrieval took the reference path) of what the backward
+  pass of the training loss keeps (dropout on, v2's m drawn), parameters excepted."""
   model = models.build_model(model_config)
-  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    residuals = saved_residuals(
-        lambda p, x: losses.cross_entropy(model.apply({"params": p}, x), x), params, tokens)
+
+  def loss(p, x):
+    logits = model.apply({"params": p}, x, deterministic=False,
+                         rngs={"dropout": jax.random.key(0)})
+    return losses.cross_entropy(logits, x)
+
+  with nn.logical_axis_rules(sharding.LOGICAL_RULES), target.recording() as trace:
+    residuals = saved_residuals(loss, params, tokens)
   saved = [(aval.shape, aval.size * aval.dtype.itemsize) for aval, source in residuals
            if not source.startswith("from the argument")]  # parameters, tokens: counted apart
   return (sum(size for _, size in saved),
-          sum(size for shape, size in saved if _is_length_by_length(shape, tokens.shape[1])))
+          sum(size for shape, size in saved if _is_length_by_length(shape, tokens.shape[1])),
+          "reference" in trace.choices.get("retrieval", {}))
 
 
 def _is_length_by_length(shape: tuple[int, ...], length: int) -> bool:
@@ -120,25 +133,26 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
 def activation_memory(model_config, tokens: jax.ShapeDtypeStruct, params=None) -> dict:
   """The activation fields of ``Memory`` for one device's micro-batch of ``tokens``."""
   params = models.abstract_params(models.build_model(model_config)) if params is None else params
-  saved, weights = _residuals(model_config, tokens, params)
+  saved, weights, weights_kept = _residuals(model_config, tokens, params)
   recompute = recompute_weights = 0
   one_layer = dataclasses.replace(model_config, num_layers=1)
   one_params = None
   if model_config.remat != "none":  # one block's residuals: what remat removes from one layer
     one_params = models.abstract_params(models.build_model(one_layer))
-    kept, kept_weights = _residuals(one_layer, tokens, one_params)
-    whole, whole_weights = _residuals(dataclasses.replace(one_layer, remat="none"), tokens,
-                                      one_params)
+    kept, kept_weights, _ = _residuals(one_layer, tokens, one_params)
+    whole, whole_weights, _ = _residuals(dataclasses.replace(one_layer, remat="none"), tokens,
+                                         one_params)
     recompute, recompute_weights = whole - kept, whole_weights - kept_weights
   if _slot_read_recomputes(model_config):  # its probabilities, rebuilt in one layer's backward
     one_params = one_params or models.abstract_params(models.build_model(one_layer))
     plain = dataclasses.replace(one_layer, remat="none")
-    kept, _ = _residuals(plain, tokens, one_params)
-    whole, _ = _residuals(dataclasses.replace(plain, persistent_implementation="reference"),
-                          tokens, one_params)
+    kept, _, _ = _residuals(plain, tokens, one_params)
+    whole, _, _ = _residuals(dataclasses.replace(plain, persistent_implementation="reference"),
+                             tokens, one_params)
     recompute += whole - kept
   return dict(activations=saved - weights, retrieval_weights=weights,
-              recompute=recompute - recompute_weights, recompute_weights=recompute_weights)
+              recompute=recompute - recompute_weights, recompute_weights=recompute_weights,
+              weights_kept=weights_kept)
 
 
 def _slot_read_recomputes(model_config) -> bool:
