@@ -1,6 +1,7 @@
 """Pod-scale layouts: how the paper-scale configs spread over Cloud TPU slices and H100 nodes.
 
-    python -m experiments.layouts            # the table of memory per device (2 min on a CPU)
+    python -m experiments.layouts            # the table of memory per device (5 min on a CPU)
+    python -m experiments.layouts --compiled # each TPU layout compiled for its slice (hours)
     python launch/tpu.py up --name=v2 --zone=us-east5-a --accelerator=v5p-128 \
         -- --config=experiments/configs/v2_pretraining.py:small,pod=v5p-128 --workdir=gs://B/v2
 
@@ -9,33 +10,20 @@ tensor stays 1), the gradient accumulation (so that the per-device micro-batch f
 rematerialisation of each block. Memory per device is computed from the model
 (``mosaics_jax/train/memory.py``: parameter and optimizer shards by ``jax.eval_shape`` on the
 slice's abstract mesh, the backward pass's saved residuals); ``tests/experiments`` checks that
-every layout fits 90% of the device's memory. TPU rows count the XLA path's T x T retrieval
-weights (a bound: the splash path, automatic on TPU, keeps none); H100s run cuDNN's fused
-kernel, which keeps none.
+every layout fits 90% of the device's memory. Retrieval runs on fused kernels that keep no
+T x T weights (splash on TPU, cuDNN on H100s), except with weight dropout (GPT-2's attention
+dropout), which only the reference path has. ``--compiled`` compiles each TPU layout's steps
+for its slice with the TPU compiler on this host (``mosaics_jax/compile.py``) and tabulates
+the compiler's memory and FLOPs beside the estimates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 
+from mosaics_jax import hardware
 
-@dataclasses.dataclass(frozen=True)
-class Accelerator:
-  memory: float  # bytes of HBM per device (vendor figures: GB)
-  peak_flops: float  # dense bf16 per device
-  devices_per_unit: float  # devices per unit of the slice name (v5p names count TensorCores)
-  fused_retrieval: bool  # counted as fused (cuDNN); TPU rows bound with the XLA path
-
-
-# Google Cloud TPU v5e / v5p / v6e and NVIDIA H100 SXM data sheets.
-ACCELERATORS = {
-    "v5litepod": Accelerator(16e9, 197e12, 1, False),
-    "v5p": Accelerator(95e9, 459e12, 0.5, False),
-    "v6e": Accelerator(32e9, 918e12, 1, False),
-    "h100x": Accelerator(80e9, 989e12, 1, True),
-}
-MEMORY_BUDGET = 0.9  # of HBM: XLA's buffers, fragmentation and collectives need the rest
+GIB = 1024 ** 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +38,10 @@ class Layout:
 # ("h100x64" = 8 nodes): data across nodes, FSDP within.
 LAYOUTS = {
     ("babistories_v1", ""): {  # GPT2-small v1 and GPT-2; 512 x 512 tokens per step
-        "v5litepod-16": Layout(16, 1, 2, "dots"),
-        "v6e-16": Layout(16, 1, 1, "dots"),
+        # No remat for v1: the TPU compiler keeps more with "dots" than without (2.4 against
+        # 1.4 GiB per layer at 32 sequences; docs/scaling.md), so the micro-batch shrinks instead.
+        "v5litepod-16": Layout(16, 1, 4, "none"),
+        "v6e-16": Layout(16, 1, 2, "none"),
         "v5p-32": Layout(16, 1, 1, "none"),
         "h100x8": Layout(8, 1, 2, "none"),
         "h100x64": Layout(64, 1, 1, "none"),  # the paper's 64 GPUs
@@ -71,16 +61,6 @@ LAYOUTS = {
 }
 
 
-def accelerator(slice_name: str) -> tuple[Accelerator, int]:
-  """(the accelerator, its number of devices) of a slice name such as v5p-128 or h100x8."""
-  match = re.fullmatch(r"(v5litepod-|v5p-|v6e-|h100x)(\d+)", slice_name)
-  if not match:
-    raise ValueError(f"pod={slice_name!r}: name a TPU slice (v5litepod-16, v5p-128, v6e-64) or "
-                     "H100s as h100xN (N GPUs, 8 per node).")
-  chip = ACCELERATORS[match.group(1).rstrip("-")]
-  return chip, int(int(match.group(2)) * chip.devices_per_unit)
-
-
 def apply(config, experiment: str, size: str, slice_name: str) -> None:
   """Set the mesh, accumulation and remat of ``slice_name``'s layout in an unlocked config."""
   known = LAYOUTS.get((experiment, size), {})
@@ -89,44 +69,108 @@ def apply(config, experiment: str, size: str, slice_name: str) -> None:
                      f"choose one of {sorted(known)} (or set --config.mesh.* yourself).")
   layout = known[slice_name]
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = layout.data, layout.fsdp, 1
+  config.mesh.pod = slice_name
   config.optimizer.accumulation_steps = layout.accumulation
   for section in config.models.values():
     section.remat = layout.remat
 
 
 HEADER = ("| config | pod | devices | mesh (data x fsdp) | micro-batch x accumulation | remat | "
-          "model | parameters | optimizer | gradients | activations | retrieval T x T | "
-          "total | of HBM |\n"
+          "model | parameters | optimizer | gradients | activations | retrieval T x T | total | "
+          "of HBM |\n"
           "| --- | --- | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: "
           "| ---: |")
 
 
+def _config(experiment: str, size: str, slice_name: str):
+  from experiments import registry  # pylint: disable=import-outside-toplevel
+  return registry.get_config(experiment, ",".join(filter(None, [size, f"pod={slice_name}"])))
+
+
 def rows(experiment: str, size: str, slice_name: str, names=None) -> list[str]:
   """The table rows of a layout (one per model, or per model of ``names``), memory per device
-  in GiB, computed now."""
-  from experiments import registry  # pylint: disable=import-outside-toplevel
+  in GiB estimated now, with the fused retrieval kernels a run takes (splash, cuDNN): T x T
+  retrieval weights count only where weight dropout keeps a retrieval on the reference path."""
   from mosaics_jax.train import memory  # pylint: disable=import-outside-toplevel
-  gib = 1024 ** 3
   layout = LAYOUTS[(experiment, size)][slice_name]
-  chip, devices = accelerator(slice_name)
-  config = registry.get_config(experiment, ",".join(filter(None, [size, f"pod={slice_name}"])))
+  chip, devices = hardware.chip(slice_name)
+  config = _config(experiment, size, slice_name)
   micro = config.data.batch_size // (devices * layout.accumulation)
   out = []
   for name in names or config.models:
     used = memory.training_memory(config, name, devices)
-    total = used.total(fused=chip.fused_retrieval)
-    weights = 0 if chip.fused_retrieval else used.retrieval_weights + used.recompute_weights
+    total = used.total(fused=True)
+    weights = used.retrieval_weights + used.recompute_weights if used.weights_kept else 0
     out.append(
         f"| {experiment}:{size or '-'} | {slice_name} | {devices} | {layout.data} x "
         f"{layout.fsdp} | {micro} x {layout.accumulation} | {layout.remat} | {name} | "
-        f"{used.parameters / gib:.2f} | {used.optimizer / gib:.2f} | "
-        f"{used.gradients / gib:.2f} | {(used.activations + used.recompute) / gib:.2f} | "
-        f"{weights / gib:.2f} | {total / gib:.2f} | {total / chip.memory:.0%} |")
+        f"{used.parameters / GIB:.2f} | {used.optimizer / GIB:.2f} | "
+        f"{used.gradients / GIB:.2f} | {(used.activations + used.recompute) / GIB:.2f} | "
+        f"{weights / GIB:.2f} | {total / GIB:.2f} | {total / chip.memory:.0%} |")
   return out
 
 
+COMPILED_HEADER = (
+    "| config | pod | model | retrieval | compiled total (temporaries) | estimate | "
+    "estimate / compiled | of HBM | compiled TFLOP (kernels) | ours TFLOP | compiled / ours | "
+    "floor compute / HBM | decode step | compile |\n"
+    "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+    "| ---: |")
+
+
+def compiled_rows(experiment: str, size: str, slice_name: str, names=None,
+                  reports=None) -> list[str]:
+  """Rows of the compiled table: the TPU compiler's memory and FLOPs per device per step
+  (``mosaics_jax.compile``; minutes per model on a CPU) beside the estimates."""
+  from mosaics_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  if reports is None:
+    _, reports = compile_lib.compile_config(_config(experiment, size, slice_name), slice_name,
+                                            names, label=f"{experiment}:{size},pod={slice_name}")
+  out = []
+  for report in reports:
+    memory, flops, floors = report.memory, report.flops, report.floors
+    retrieval = ", ".join(report.kernels.get("retrieval", {})) or "-"
+    decode = f"{report.decode['memory']['total'] / GIB:.2f} GiB" if report.decode else "-"
+    seconds = sum(report.compile_seconds.values())
+    out.append(
+        f"| {experiment}:{size or '-'} | {slice_name} | {report.model} | {retrieval} | "
+        f"{memory['total'] / GIB:.2f} ({memory['temporaries'] / GIB:.2f}) | "
+        f"{report.estimate / GIB:.2f} | {report.estimate / memory['total']:.2f} | "
+        f"{report.share:.0%} | {flops['total'] / 1e12:,.0f} ({flops['kernels'] / 1e12:,.0f}) | "
+        f"{flops['model'] / 1e12:,.0f} | {flops['total'] / flops['model']:.2f} | "
+        f"{floors['compute_seconds']:.2f} / {floors['memory_seconds']:.2f} s | {decode} | "
+        f"{seconds:.0f} s |")
+  return out
+
+
+def tpu_layouts() -> list[tuple[str, str, str]]:
+  """(experiment, size, slice) of every TPU layout: those the TPU compiler can check here."""
+  return [(experiment, size, slice_name) for (experiment, size), known in LAYOUTS.items()
+          for slice_name in known if hardware.chip(slice_name)[0].platform == "tpu"]
+
+
+def main(argv) -> None:
+  del argv
+  if not _COMPILED.value:
+    print(HEADER)
+    for (experiment, size), known in LAYOUTS.items():
+      for slice_name in known:
+        print("\n".join(rows(experiment, size, slice_name)), flush=True)
+    return
+  print(COMPILED_HEADER)
+  for experiment, size, slice_name in tpu_layouts():
+    if _ONLY.value and f"{experiment}:{size}:{slice_name}" not in _ONLY.value:
+      continue
+    print("\n".join(compiled_rows(experiment, size, slice_name)), flush=True)
+
+
 if __name__ == "__main__":
-  print(HEADER)
-  for (experiment, size), layouts in LAYOUTS.items():
-    for slice_name in layouts:
-      print("\n".join(rows(experiment, size, slice_name)), flush=True)
+  import os  # pylint: disable=import-outside-toplevel
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # shapes only; compiles target the slices
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  _COMPILED = flags.DEFINE_bool(
+      "compiled", False, "Compile every TPU layout for its slice (mosaics_jax.compile; hours on "
+      "a CPU) and print the compiled table instead of the estimates.")
+  _ONLY = flags.DEFINE_list("only", None, "With --compiled, only these EXPERIMENT:SIZE:SLICE "
+                            "(e.g. v2_pretraining:small:v5p-128).")
+  app.run(main)
