@@ -99,8 +99,7 @@ def rows(experiment: str, size: str, slice_name: str, names=None) -> list[str]:
   out = []
   for name in names or config.models:
     used = memory.training_memory(config, name, devices)
-    total = used.total(fused=True)
-    weights = used.retrieval_weights + used.recompute_weights if used.weights_kept else 0
+    total, weights = used.total(fused=True), used.weights(fused=True)
     out.append(
         f"| {experiment}:{size or '-'} | {slice_name} | {devices} | {layout.data} x "
         f"{layout.fsdp} | {micro} x {layout.accumulation} | {layout.remat} | {name} | "

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 from jax._src.ad_checkpoint import saved_residuals
 from jax.sharding import NamedSharding
 
-from mosaics_jax import losses, models
+from mosaics_jax import models
 from mosaics_jax.kernels import slots, target
-from mosaics_jax.train import optimizer as optimizer_lib, sharding
+from mosaics_jax.train import optimizer as optimizer_lib, sharding, trainer
 from mosaics_jax.train.config import (base_config, model_config as model_config_of,
                                       model_section, optimizer_config)
 
@@ -64,12 +64,16 @@ class Memory:
   # whatever kernels the device has (no fused kernel drops out weights).
   weights_kept: bool = False
 
+  def weights(self, fused: bool) -> int:
+    """The T x T bytes the step keeps with fused retrieval kernels (splash, cuDNN) or the XLA
+    path: none when fused, unless weight dropout keeps a retrieval on the reference path."""
+    return (0 if fused and not self.weights_kept else
+            self.retrieval_weights + self.recompute_weights)
+
   def total(self, fused: bool) -> int:
     """The step's peak estimate with fused retrieval kernels (splash, cuDNN) or the XLA path."""
-    weights = (0 if fused and not self.weights_kept else
-               self.retrieval_weights + self.recompute_weights)
     return (self.parameters + self.optimizer + self.gradients + self.activations +
-            self.recompute + weights)
+            self.recompute + self.weights(fused))
 
 
 def _shard_bytes(tree, shardings) -> int:
@@ -81,15 +85,10 @@ def _shard_bytes(tree, shardings) -> int:
 def _residuals(model_config, tokens: jax.ShapeDtypeStruct, params) -> tuple[int, int, bool]:
   """(bytes, T x T bytes, whether a retrieval took the reference path) of what the backward
   pass of the training loss keeps (dropout on, v2's m drawn), parameters excepted."""
-  model = models.build_model(model_config)
-
-  def loss(p, x):
-    logits = model.apply({"params": p}, x, deterministic=False,
-                         rngs={"dropout": jax.random.key(0)})
-    return losses.cross_entropy(logits, x)
-
+  loss = trainer.make_loss(models.build_model(model_config))
+  batch = dict(inputs=tokens, targets=tokens)
   with nn.logical_axis_rules(sharding.LOGICAL_RULES), target.recording() as trace:
-    residuals = saved_residuals(loss, params, tokens)
+    residuals = saved_residuals(lambda p, b: loss(p, b, jax.random.key(0)), params, batch)
   saved = [(aval.shape, aval.size * aval.dtype.itemsize) for aval, source in residuals
            if not source.startswith("from the argument")]  # parameters, tokens: counted apart
   return (sum(size for _, size in saved),
