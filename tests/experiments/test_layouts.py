@@ -39,7 +39,8 @@ def test_every_tpu_layout_is_documented_as_compiled_for_its_slice_and_fitting(
   """docs/scaling.md's compiled table (python -m experiments.layouts --compiled): one row per
   model, on the kernel a TPU run takes (splash, or the reference path where the weights drop
   out: no fused kernel has dropout), within the budget of HBM by the compiler's own count."""
-  text = SCALING.read_text().split("## Compiled for the slice")[1].split("\n## ")[0]
+  whole = SCALING.read_text()
+  text = whole.split("## Compiled for the slice")[1].split("\n## ")[0]
   key = f"{experiment}:{size}:{slice_name}"
   listed = lambda start: f"`{key}`" in next(
       (line for line in text.splitlines() if line.startswith(start)), "")
@@ -51,7 +52,7 @@ def test_every_tpu_layout_is_documented_as_compiled_for_its_slice_and_fitting(
               if row.startswith(f"| {experiment}:{size or '-'} | {slice_name} | ")]
   assert sorted(row[3].strip() for row in compiled) == sorted(config.models)
   estimated = {row.split("|")[7].strip(): row.split("|")[-3].strip()
-               for row in SCALING.read_text().splitlines()
+               for row in whole.splitlines()
                if row.startswith(f"| {experiment}:{size or '-'} | {slice_name} | ")
                and row.split("|")[3].strip().isdigit()}
   for row in compiled:
