@@ -7,7 +7,9 @@
 
 An experiment is one file in ``experiments/configs/`` with ``get_config(arg)`` returning a
 locked ConfigDict, and a docstring that gives the command, the hardware, the runtime and the
-expected result. The command line loads the same file: ``--config=experiments/configs/NAME.py:ARG``.
+expected result. The command line takes the name or the file: ``--config=NAME:ARG`` (e.g.
+``quickstart:tiny``, ``regbench:n=100,cpu``; from any directory, the experiments are installed
+with the package) or ``--config=experiments/configs/NAME.py:ARG``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ def load(name: str) -> types.ModuleType:
 
 def get_config(name: str, arg: str = ""):
   return load(name).get_config(arg)
+
+
+def expand_config_names(argv: list[str]) -> list[str]:
+  """A command line with ``--config=NAME[:ARG]`` (a registered name) turned into the file's
+  path, for ml_collections' ``DEFINE_config_file``; paths and other arguments are kept."""
+  expanded = list(argv)
+  for i, argument in enumerate(expanded):
+    if argument.startswith("--config="):
+      value, prefix = argument[len("--config="):], "--config="
+    elif i > 0 and expanded[i - 1] == "--config":
+      value, prefix = argument, ""
+    else:
+      continue
+    name, colon, arg = value.partition(":")
+    if name in names():
+      expanded[i] = f"{prefix}{path(name)}{colon}{arg}"
+    elif "/" not in name and not name.endswith(".py"):
+      raise SystemExit(f"--config={value}: no experiment {name!r}; give one of {', '.join(names())}"
+                       " (python -m experiments.registry lists them) or a config file's path.")
+  return expanded
 
 
 def summary(name: str) -> str:

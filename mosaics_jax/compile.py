@@ -349,12 +349,13 @@ if __name__ == "__main__":
   # The flags are the command line's only (the module is also a library, imported beside
   # other commands' flags).
   config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file, optionally FILE:ARG (e.g. ...:small,pod=v5p-128).",
-      lock_config=True)
+      "config", None, "Experiment name or config file, optionally NAME:ARG (e.g. "
+      "v2_pretraining:small,pod=v5p-128).", lock_config=True)
   flags.DEFINE_string("pod", None, "The slice to compile for (v5litepod-N, v5p-N, v6e-N), when "
                       "the config argument has no pod=SLICE.")
   flags.DEFINE_list("models", None, "Models of config.models to compile (default all).")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
   flags.DEFINE_bool("decode", True, "Also compile the one-token decode step.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  from experiments import registry  # pylint: disable=import-outside-toplevel
+  app.run(main, argv=registry.expand_config_names(sys.argv))

@@ -1,12 +1,15 @@
 r"""Train and evaluate an experiment from the command line.
 
-    python -m mosaics_jax.main --config=experiments/configs/quickstart.py --workdir=/tmp/quick
-    python -m mosaics_jax.main --config=experiments/configs/stories.py:cpu --workdir=DIR \
+    python -m mosaics_jax.main --config=quickstart --workdir=/tmp/quick
+    python -m mosaics_jax.main --config=babistories_v1:cpu --workdir=DIR \
         --config.train.num_steps=500 --config.models.mosaic.num_layers=4 --mode=train
+    python -m mosaics_jax.main --config=my_configs/sweep.py:lr=3e-3 --workdir=DIR
 
-``--config=FILE:ARG`` passes ARG to the file's ``get_config`` (e.g. ``cpu`` for a small run);
+``--config=NAME:ARG`` (an experiment of ``python -m experiments.registry``) or
+``--config=FILE:ARG`` passes ARG to the config's ``get_config`` (e.g. ``cpu`` for a small run);
 ``--config.a.b=value`` overrides any field, and a mistyped field is an error. Rerunning a
-command resumes from the latest checkpoint in ``--workdir``.
+command resumes from the latest checkpoint in ``--workdir``; a SIGTERM or SIGINT saves and
+exits 0 (train/preemption.py).
 
 Multi-host: on TPU pods and under SLURM, ``jax.distributed`` is initialised from the
 environment; elsewhere pass ``--coordinator_address``, ``--num_processes`` and
@@ -24,7 +27,8 @@ from ml_collections import config_flags
 from mosaics_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally FILE:ARG.", lock_config=True)
+    "config", None, "Experiment name (python -m experiments.registry lists them) or config file, "
+    "optionally NAME:ARG or FILE:ARG (e.g. quickstart:tiny).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "train: train only; eval: evaluate the latest checkpoints; both.")
@@ -61,6 +65,7 @@ def main(argv) -> None:
   # Imported after jax.distributed.initialize, which must precede any backend use.
   from mosaics_jax.data import DataError  # pylint: disable=import-outside-toplevel
   from mosaics_jax.train import checkpoint, sharding, trainer  # pylint: disable=import-outside-toplevel
+  from mosaics_jax.train.preemption import Preempted  # pylint: disable=import-outside-toplevel
   from mosaics_jax.train.config import ConfigError  # pylint: disable=import-outside-toplevel
 
   from mosaics_jax.evaluate import moons  # pylint: disable=import-outside-toplevel
@@ -76,7 +81,13 @@ def main(argv) -> None:
           trainer.TrainingError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(1)
+  except Preempted as stopped:
+    # Outside the training steps: nothing new to save, and every file is written whole.
+    print(f"Received {stopped.signal_name} outside the training steps: stopped with nothing "
+          "half-written; rerun the same command to continue.", flush=True)
+    sys.exit(0)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from experiments import registry  # pylint: disable=import-outside-toplevel
+  app.run(main, argv=registry.expand_config_names(sys.argv))

@@ -10,6 +10,8 @@ import pytest
 from ipykernel import kernelspec
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
+from tests.conftest import REFERENCE_DIR
+
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
@@ -32,7 +34,9 @@ def _kernel_environment(tmp_path, monkeypatch, optimised: bool) -> dict:
   kernelspec.write_kernel_spec(tmp_path / "jupyter" / "kernels" / "python3")
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   dropped = {"XLA_FLAGS"} | ({"JAX_DISABLE_MOST_OPTIMIZATIONS"} if optimised else set())
-  return {k: v for k, v in os.environ.items() if k not in dropped}
+  environment = {k: v for k, v in os.environ.items() if k not in dropped}
+  environment["MOSAICS_REFERENCE_DIR"] = str(REFERENCE_DIR)  # official_checkpoint's oracle
+  return environment
 
 
 def _with_settings(notebook, settings: dict) -> None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 import jax
 import optax
 
+from mosaics_jax.train.config import ConfigError
+
 
 def learning_rate(config, num_steps: int) -> optax.Schedule:
   decay_steps = config.decay_steps or num_steps
   if config.warmup_steps > decay_steps:
-    raise ValueError(f"warmup_steps={config.warmup_steps} exceeds decay_steps={decay_steps}.")
+    raise ConfigError(f"optimizer.warmup_steps={config.warmup_steps} exceeds decay_steps="
+                      f"{decay_steps} (optimizer.decay_steps, or train.num_steps when it is 0): "
+                      "lower warmup_steps or raise decay_steps.")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
       decay_steps=decay_steps, end_value=config.min_learning_rate)

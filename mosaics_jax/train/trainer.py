@@ -5,6 +5,9 @@
         -> final evaluation and samples
     -> report comparing the models (report.md, loss_curves.png)
 
+A SIGTERM or SIGINT anywhere ends the run cleanly: during the steps with a checkpoint of the
+next step, elsewhere by raising ``preemption.Preempted`` (train/preemption.py).
+
 Each model runs in ``workdir/<name>`` (checkpoints, metrics.jsonl, TensorBoard events); the
 tokenizer and token caches are shared in ``workdir/data``. Rerunning the same command resumes
 from the latest checkpoint. The CLI is ``mosaics_jax.main``; notebooks and tests call this.
@@ -12,10 +15,8 @@ from the latest checkpoint. The CLI is ``mosaics_jax.main``; notebooks and tests
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from mosaics_jax import evaluate as evaluate_lib
 from mosaics_jax import generate, losses, models, storage
 from mosaics_jax.train import checkpoint, metrics, optimizer as optimizer_lib, report, sharding
 from mosaics_jax.train.config import ConfigError, model_config, optimizer_config
+from mosaics_jax.train.preemption import Preemption
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -129,48 +131,15 @@ def make_eval_step(model):
 
 
 # ---------------------------------------------------------------------------------------------
-# Preemption: SIGTERM / SIGINT ask for a checkpoint at the next step boundary.
-
-
-class Preemption:
-  """Single process: a signal handler sets a flag. Several processes: JAX's preemption sync
-  point, so that every host saves at the same step (call ``requested`` once per step)."""
-
-  def __init__(self):
-    self.flag = False
-    self._previous = {}
-
-  def __enter__(self):
-    if jax.process_count() == 1:
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(ValueError):  # not the main thread: no handler
-          self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.flag = True
-    log(f"Received {signal.Signals(signum).name}: saving a checkpoint at the next step.")
-    signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one kills
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.flag
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------------------------
 # One model.
 
 
-def evaluate(eval_step, params, batches, mesh) -> float:
+def evaluate(eval_step, params, batches, mesh, stop=lambda: False) -> float | None:
+  """The mean loss per target token; None once ``stop()`` (a preemption) turns true."""
   total, count = 0.0, 0.0
   for batch in batches:
+    if stop():
+      return None
     loss_sum, tokens = eval_step(params, sharding.global_batch(batch, mesh))
     total, count = total + float(loss_sum), count + float(tokens)
   return total / max(count, 1.0)
@@ -249,7 +218,7 @@ def build_program(name: str, section, config, vocab_size: int, mesh) -> Program:
 
 
 def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
-                mode: str) -> RunResult:
+                mode: str, preemption: Preemption) -> RunResult:
   """Train and/or evaluate one model of the experiment in ``run_dir`` (an ``epath.Path``)."""
   program = build_program(name, section, config, data.vocab_size, mesh)
   checkpoint.check_model_config(run_dir, models.config_to_dict(program.model_config))
@@ -280,10 +249,16 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
       f"{program.flops_per_token / 1e6:,.1f} MFLOP per trained token, mesh {dict(mesh.shape)}")
 
   result = RunResult(name, program.model_config, program.parameters, int(step or 0))
-  if mode in ("train", "train_and_eval") and result.step < config.train.num_steps:
-    state, result.step, result.preempted = _train_loop(
-        name, config, program, state, result.step, train_iter, data, mesh, checkpoints, run_dir)
-  checkpoints.close()
+  with preemption.deferred():  # a save in flight always finishes
+    if mode in ("train", "train_and_eval") and result.step < config.train.num_steps:
+      state, result.step, result.preempted = _train_loop(
+          name, config, program, state, result.step, train_iter, data, mesh, checkpoints,
+          run_dir, preemption)
+    checkpoints.close()
+  if preemption.received and not result.preempted:  # during the last save: it is complete
+    result.preempted = True
+    log(f"[{name}] stopped after the checkpoint of step {result.step}; rerun the same command "
+        "to evaluate.")
   result.params = state.params
   if result.preempted or mode == "train":
     return result
@@ -309,7 +284,7 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
 
 
 def _train_loop(name, config, program, state, step, train_iter, data, mesh, checkpoints,
-                run_dir):
+                run_dir, preemption):
   """Steps from ``step`` until num_steps or preemption; returns (state, step, preempted)."""
   cfg_train, num_steps = config.train, config.train.num_steps
   writer = metrics.MetricWriter(run_dir)
@@ -322,53 +297,59 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
                  else str(run_dir / "profile"))
   first_step, pending, started = step, [], time.time()
   preempted = False
-  with Preemption() as preemption:
-    while step < num_steps:
-      if profile and step == profile[0]:
-        jax.profiler.start_trace(profile_dir)
-      local_batch = next(train_iter)
-      throughput.count(local_batch["inputs"].size * jax.process_count())
-      batch = sharding.global_batch(local_batch, mesh)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = program.train_step(state, batch)
-      step += 1
-      pending.append(dict(step_metrics, step=step))
-      if profile and step == profile[1]:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        log(f"[{name}] profiler trace of steps {profile[0]}-{profile[1]} in {profile_dir}")
+  while step < num_steps:
+    if profile and step == profile[0]:
+      jax.profiler.start_trace(profile_dir)
+    local_batch = next(train_iter)
+    throughput.count(local_batch["inputs"].size * jax.process_count())
+    batch = sharding.global_batch(local_batch, mesh)
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, step_metrics = program.train_step(state, batch)
+    step += 1
+    pending.append(dict(step_metrics, step=step))
+    # Dispatch at most one step beyond the one running, so that a signal (whose Python handler
+    # waits for this wait to return) is seen within a step (train/preemption.py).
+    if len(pending) > 1:
+      jax.block_until_ready(pending[-2]["loss"])
+    if profile and step == profile[1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      log(f"[{name}] profiler trace of steps {profile[0]}-{profile[1]} in {profile_dir}")
 
-      if step % cfg_train.log_every == 0 or step == num_steps or step == first_step + 1:
-        history, pending = jax.device_get(pending), []
-        _check_finite(history, run_dir, checkpoints)
-        values = {"loss": float(np.mean([h["loss"] for h in history])),
-                  "learning_rate": float(history[-1]["learning_rate"]),
-                  "grad_norm": float(history[-1]["grad_norm"])}
-        values.update(throughput.update(step))
-        writer.write(step, {f"train/{k}": v for k, v in values.items() if k != "eta_seconds"})
-        suffix = (f" (first step, compiled in {time.time() - started:.1f}s)"
-                  if step == first_step + 1 else "")
-        log(f"[{name}] " + metrics.progress_line(step, num_steps, values) + suffix)
+    if step % cfg_train.log_every == 0 or step == num_steps or step == first_step + 1:
+      history, pending = jax.device_get(pending), []
+      _check_finite(history, run_dir, checkpoints)
+      values = {"loss": float(np.mean([h["loss"] for h in history])),
+                "learning_rate": float(history[-1]["learning_rate"]),
+                "grad_norm": float(history[-1]["grad_norm"])}
+      values.update(throughput.update(step))
+      writer.write(step, {f"train/{k}": v for k, v in values.items() if k != "eta_seconds"})
+      suffix = (f" (first step, compiled in {time.time() - started:.1f}s)"
+                if step == first_step + 1 else "")
+      log(f"[{name}] " + metrics.progress_line(step, num_steps, values) + suffix)
 
-      validation, stop = None, preemption.requested(step)
-      save = stop or step == num_steps or (cfg_train.checkpoint_every and
-                                           step % cfg_train.checkpoint_every == 0)
-      evaluate_now = cfg_train.eval_every and step % cfg_train.eval_every == 0
-      if evaluate_now or save:
-        jax.block_until_ready(state)  # so that the pause below excludes no training time
-        paused = time.time()
-        if evaluate_now:
-          validation = evaluate(program.eval_step, state.params, data.evaluation, mesh)
+    validation, stop = None, preemption.requested(step)
+    save = stop or step == num_steps or (cfg_train.checkpoint_every and
+                                         step % cfg_train.checkpoint_every == 0)
+    evaluate_now = cfg_train.eval_every and step % cfg_train.eval_every == 0
+    if evaluate_now or save:
+      jax.block_until_ready(state)  # so that the pause below excludes no training time
+      paused = time.time()
+      if evaluate_now:
+        validation = evaluate(program.eval_step, state.params, data.evaluation, mesh,
+                              stop=lambda: preemption.received)
+        if validation is not None:
           writer.write(step, {"eval/loss": validation})
           log(f"[{name}] step {step}: validation loss {validation:.4f}")
-        if save:
-          _check_finite(jax.device_get(pending), run_dir, checkpoints)  # never save after a NaN
-          checkpoints.save(step, state, train_iter,
-                           metrics=None if validation is None else {"validation_loss": validation})
-        throughput.exclude(time.time() - paused)
-      if stop:
-        preempted = True
-        break
+      if save or preemption.received:  # a signal during the evaluation saves now
+        _check_finite(jax.device_get(pending), run_dir, checkpoints)  # never save after a NaN
+        checkpoints.save(step, state, train_iter,
+                         metrics=None if validation is None else {"validation_loss": validation})
+        stop = stop or preemption.received  # a signal during the save: it completes, then stop
+      throughput.exclude(time.time() - paused)
+    if stop:
+      preempted = True
+      break
   checkpoints.wait()
   writer.close()
   if preempted:
@@ -402,16 +383,17 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
                         config.to_json_best_effort(indent=2, sort_keys=True).encode())
 
   mesh = sharding.make_mesh(config.mesh)
-  data = data_lib.build(config.data, seed=config.seed, workdir=workdir,
-                        process_index=jax.process_index(), process_count=jax.process_count())
-  log(f"data: {data.description}")
-  results = {}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    for name in names:
-      results[name] = train_model(name, config.models[name], config, data, mesh,
-                                  workdir / name, mode)
-      if results[name].preempted:
-        return results
-  if mode != "train" and jax.process_index() == 0:
-    report.write(workdir, results, data.description)
+  with Preemption(log) as preemption:  # outside the steps a signal raises Preempted
+    data = data_lib.build(config.data, seed=config.seed, workdir=workdir,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+    log(f"data: {data.description}")
+    results = {}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      for name in names:
+        results[name] = train_model(name, config.models[name], config, data, mesh,
+                                    workdir / name, mode, preemption)
+        if results[name].preempted:
+          return results
+    if mode != "train" and jax.process_index() == 0:
+      report.write(workdir, results, data.description)
   return results

@@ -41,3 +41,18 @@ def test_unknown_names_and_arguments():
     registry.get_config("v2_pretraining", "huge")
   with pytest.raises(ValueError, match="v2_pretraining takes one of"):
     registry.get_config("v2_pretraining", "cpu,small")
+
+
+def test_config_flag_takes_a_registered_name_or_a_path():
+  quickstart = str(registry.path("quickstart"))
+  assert registry.expand_config_names(["main", "--config=quickstart:tiny", "--workdir=w"]) == [
+      "main", f"--config={quickstart}:tiny", "--workdir=w"]
+  assert registry.expand_config_names(["main", "--config", "regbench:n=100,cpu"]) == [
+      "main", "--config", f"{registry.path('regbench')}:n=100,cpu"]
+  assert registry.expand_config_names(["main", "--config=quickstart"]) == [
+      "main", f"--config={quickstart}"]
+  for kept in (["main", "--config=experiments/configs/quickstart.py:tiny"],
+               ["main", "--config=my.py", "--config.train.num_steps=3"]):
+    assert registry.expand_config_names(kept) == kept
+  with pytest.raises(SystemExit, match="no experiment 'quickstartt'.*python -m experiments"):
+    registry.expand_config_names(["main", "--config=quickstartt:tiny"])

@@ -3,10 +3,8 @@
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import threading
 
 import jax
 import numpy as np
@@ -176,7 +174,7 @@ def test_corrupted_checkpoint_is_reported_and_left_alone(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The command line, in subprocesses: exit codes, SIGTERM, SIGKILL.
+# The command line, in subprocesses: exit codes (signals: tests/train/test_preemption.py).
 
 CLI = [sys.executable, "-m", "mosaics_jax.main", "--config=experiments/configs/quickstart.py:tiny",
        "--config.train.models=mosaic", "--config.optimizer.decay_steps=40"]
@@ -200,63 +198,6 @@ def test_cli_rejects_unknown_and_mistyped_fields(tmp_path):
   assert wrong_type.returncode != 0 and "num_steps" in wrong_type.stderr
   missing = _run([f"--workdir={tmp_path}", "--config.data.train_files=/no/such/file.txt"])
   assert missing.returncode == 1 and "error: No file matches '/no/such/file.txt'" in missing.stderr
-
-
-def _start(workdir, *extra):
-  return subprocess.Popen(CLI + [f"--workdir={workdir}", *extra],
-                          cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for(process, marker, timeout=240):
-  """Read the process's output until ``marker``; kill it after ``timeout`` seconds."""
-  timer = threading.Timer(timeout, process.kill)
-  timer.start()
-  lines = []
-  try:
-    for line in process.stdout:
-      lines.append(line)
-      if marker in line:
-        return lines
-  finally:
-    timer.cancel()
-  raise AssertionError(f"{marker!r} never printed:\n{''.join(lines)}")
-
-
-@pytest.mark.slow
-def test_sigterm_saves_and_exits_zero(tmp_path):
-  process = _start(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=0",
-                   "--config.train.log_every=1")
-  _wait_for(process, " 3/100000 |")
-  process.send_signal(signal.SIGTERM)
-  output = process.communicate(timeout=120)[0]
-  assert process.returncode == 0, output
-  assert "saving a checkpoint at the next step" in output and "rerun the same command" in output
-  step = checkpoint.Checkpoints(str(tmp_path / "mosaic" / "checkpoints")).latest_step()
-  assert step is not None and step >= 3
-  resumed = _run([f"--workdir={tmp_path}", f"--config.train.num_steps={step + 2}",
-                  "--config.train.checkpoint_every=0", "--mode=train"])
-  assert resumed.returncode == 0 and f"resumed from step {step}" in resumed.stdout
-
-
-@pytest.mark.slow
-def test_sigkill_then_restart_is_bit_exact(tmp_path):
-  args = ["--config.train.num_steps=16", "--config.train.checkpoint_every=4", "--mode=train",
-          "--config.train.log_every=1"]
-  straight = _run([f"--workdir={tmp_path / 'straight'}", *args])
-  assert straight.returncode == 0, straight.stderr
-  process = _start(tmp_path / "killed", *args)
-  _wait_for(process, " 10/16 |")
-  process.kill()  # SIGKILL: no handler runs, a save may be half written
-  process.wait()
-  restarted = _run([f"--workdir={tmp_path / 'killed'}", *args])
-  assert restarted.returncode == 0, restarted.stderr
-  assert "resumed from step" in restarted.stdout
-  a, b = final_params(tmp_path / "straight" / "mosaic"), final_params(tmp_path / "killed" / "mosaic")
-  assert a[0] == b[0] == 16
-  jax.tree_util.tree_map(np.testing.assert_array_equal, a[1], b[1])
-  assert losses_by_step(tmp_path / "straight" / "mosaic") == losses_by_step(
-      tmp_path / "killed" / "mosaic")
 
 
 def test_eval_mode_and_profiler_window(tmp_path):

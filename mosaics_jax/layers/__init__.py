@@ -1,0 +1,1 @@
+"""Layers: the memory units (contextual, persistent), attention, features, the decoding cache."""
