@@ -18,6 +18,8 @@ import importlib.util
 import pathlib
 import types
 
+from absl import app
+
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
@@ -66,6 +68,12 @@ def summary(name: str) -> str:
   return (load(name).__doc__ or "").strip().splitlines()[0]
 
 
-if __name__ == "__main__":
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; this command takes none")
   for experiment in names():
     print(f"{experiment:24s} {summary(experiment)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -34,9 +34,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 REMOTE_DIR = "mosaics_jax"
 ARCHIVE = "/tmp/mosaics_jax.tar.gz"
 LOG = "~/mosaics_jax/run.log"
-DEFAULT_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
+DEFAULT_VERSIONS = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base",
+                    "v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
                     "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
-ACCELERATOR = re.compile(r"^(v4|v5litepod|v5p|v6e)-(\d+)$")
+ACCELERATOR = re.compile(r"^(v2|v3|v4|v5litepod|v5p|v6e)-(\d+)$")
 
 
 class LaunchError(SystemExit):
@@ -50,7 +51,7 @@ def runtime_version(accelerator: str, version: str) -> str:
   match = ACCELERATOR.match(accelerator)
   if not match:
     raise LaunchError(f"--accelerator={accelerator!r} is not a TPU type like v5p-32, "
-                      f"v5litepod-16, v6e-8 or v4-32 (families: {sorted(DEFAULT_VERSIONS)}).")
+                      f"v5litepod-16, v6e-8, v4-32 or v2-8 (families: {sorted(DEFAULT_VERSIONS)}).")
   return version or DEFAULT_VERSIONS[match.group(1)]
 
 

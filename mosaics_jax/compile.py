@@ -12,7 +12,8 @@ accumulation, remat, dropout, v2's random m) and the one-token decode step of ``
 are lowered and compiled by the TPU compiler, against abstract arrays born sharded: no data is
 read, nothing is written, nothing runs. Per model it reports
 
-  * the kernel chosen for each memory (the target's choice: splash on TPU where it applies);
+  * the kernel chosen for each memory (the target's choice, by chip generation: splash on TPU
+    where it applies, in float32 on v2/v3; ``kernels/target.py``);
   * the compiler's memory per device (arguments, outputs, aliased, temporaries, code), its
     share of the chip's HBM, and ``train/memory.py``'s estimate beside it;
   * FLOPs per device per step: the compiler's (``cost_analysis``, which sees XLA's ops only,
@@ -121,17 +122,23 @@ def _kernel_flops(compiled, trace) -> float:
 
 
 def _describe_mesh(mesh, devices) -> str:
+  """'4 chips on 1 host, mesh data 4 x ...'; TPU v2/v3 chips are two devices each."""
+  devices = list(devices)
   hosts = len({device.process_index for device in devices})
   sizes = " x ".join(f"{name} {size}" for name, size in mesh.shape.items())
-  return f"{len(devices)} chips on {hosts} host{'s' * (hosts > 1)}, mesh {sizes}"
+  found = hardware.chip_of_kind(devices[0].device_kind)
+  per_chip = found.devices_per_chip if found else 1
+  units = (f"{len(devices)} chip{'s' * (len(devices) > 1)}" if per_chip == 1 else
+           f"{len(devices)} devices ({len(devices) // per_chip} chips of {per_chip} cores)")
+  return f"{units} on {hosts} host{'s' * (hosts > 1)}, mesh {sizes}"
 
 
 def slice_devices(slice_name: str):
   """The TPU devices of a slice, from its topology (no TPU needed)."""
-  topology = hardware.tpu_topology(slice_name)
+  topology, options = hardware.tpu_topology(slice_name)
   try:
-    return topology, topologies.get_topology_desc(platform="tpu",
-                                                  topology_name=topology).devices
+    return topology, topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                                  **options).devices
   except Exception as error:  # libtpu missing, or a topology it does not know
     raise CompileError(
         f"Cannot build the TPU devices of {slice_name} ({topology}): {error}. Install the TPU "
@@ -258,7 +265,9 @@ def compile_config(config, slice_name: str, names=None, label: str = "",
   with config.unlocked():
     config.mesh.pod = slice_name
   reports = [compile_model(config, name, mesh, chip, label, decode) for name in names]
-  return f"{slice_name} ({topology}: {_describe_mesh(mesh, devices)})", reports
+  with jax.set_mesh(mesh):
+    kernels = target.summary()
+  return f"{slice_name} ({topology}: {_describe_mesh(mesh, devices)}; {kernels})", reports
 
 
 def _fix(config, name: str) -> str:
@@ -351,8 +360,9 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file(
       "config", None, "Experiment name or config file, optionally NAME:ARG (e.g. "
       "v2_pretraining:small,pod=v5p-128).", lock_config=True)
-  flags.DEFINE_string("pod", None, "The slice to compile for (v5litepod-N, v5p-N, v6e-N), when "
-                      "the config argument has no pod=SLICE.")
+  flags.DEFINE_string("pod", None, "The TPU slice to compile for (v2-8, v3-8, v4-8, "
+                      "v5litepod-1, v5litepod-N, v5p-N, v6e-1, v6e-N), when the config "
+                      "argument has no pod=SLICE.")
   flags.DEFINE_list("models", None, "Models of config.models to compile (default all).")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of the report.")
   flags.DEFINE_bool("decode", True, "Also compile the one-token decode step.")

@@ -34,10 +34,11 @@ def no_persistent_cache():
   jax.config.update("jax_enable_compilation_cache", True)
 
 
-def tpu_devices(topology: str):
+def tpu_devices(topology: str, **options):
   try:
     from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                        **options).devices
   except Exception as error:  # pylint: disable=broad-except
     if os.environ.get("MOSAICS_REQUIRE_LIBTPU") == "1":
       raise
@@ -119,6 +120,26 @@ def run_compile(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   return subprocess.run([sys.executable, "-m", "mosaics_jax.compile", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.mark.parametrize("pod, devices, splash", [
+    ("v2-8", 8, "T 128, skip 1, in float32 on v2"),  # Colab's TPU v2-8: no bf16 Mosaic matmul
+    ("v3-8", 8, "T 128, skip 1, in float32 on v3"),
+    ("v4-8", 4, "T 128, skip 1"),  # megacore: one device a chip
+    ("v5litepod-1", 1, "T 128, skip 1"),  # Colab's v5e-1
+    ("v6e-1", 1, "T 128, skip 1"),
+])
+def test_the_quickstart_compiles_for_every_tpu_generation(pod, devices, splash):
+  """Failed before: v2/v3 rejected bf16 splash ("Unsupported matmul RHS type"), and v4 and
+  single-chip slices had no topology."""
+  topology, options = hardware.tpu_topology(pod)
+  assert len(tpu_devices(topology, **options)) == devices
+  config = tiny_config("quickstart", (-1, 1, 1))  # dtype None: bf16 on a TPU
+  with config.unlocked():
+    config.models.mosaic.num_layers = 1  # the kernel choice needs one block
+  where, (report,) = compile_lib.compile_config(config, pod, ["mosaic"], "test", decode=False)
+  assert report.kernels["retrieval"] == {"splash": [splash]}
+  assert where.startswith(f"{pod} ({topology}: ") and "retrieval by splash" in where
 
 
 def test_the_command_reports_kernels_memory_and_flops_as_json():

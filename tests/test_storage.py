@@ -12,8 +12,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from mosaics_jax import storage
 from mosaics_jax.data.corpus import RESOURCES
-from mosaics_jax.train import checkpoint, tensorboard, trainer
+from mosaics_jax.train import checkpoint, trainer
 from tests.train.test_trainer import tiny
+from tests.train import logs
 
 registry = sys.modules["fsspec.registry"]  # the module; ``fsspec.registry`` is a read-only view
 
@@ -103,7 +104,7 @@ def test_training_run_in_a_bucket(bucket, tmp_path, monkeypatch):
   assert len(list((run / "data").glob("tokenizer-*.model"))) == 1
   assert len(list((run / "data").glob("*.npy"))) == 2
   events = list((run / "mosaic").glob("events.out.tfevents.*"))
-  assert {tag for _, tag, _ in tensorboard.read_scalars(events[0])} >= {"train/loss"}
+  assert {tag for _, tag, _ in logs.read_scalars(events[0])} >= {"train/loss"}
 
   with config.unlocked():
     config.train.num_steps = 6

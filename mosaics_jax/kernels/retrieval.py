@@ -32,8 +32,9 @@ Implementations (``implementation=``):
     shift trick), run per device under a mesh. It reads lengths in multiples of 128 without an
     additive bias; other calls (a model's initialisation on a short input, decoding steps,
     ALiBi) go to XLA. Interpret mode when the target is not a TPU.
-  * ``None``: cuDNN on GPU when the dtype and head size allow it, splash on TPU when the
-    length and bias allow it, else XLA; the reference when weight dropout is active (the
+  * ``None``: cuDNN on an Ampere-or-newer GPU when the dtype and head size allow it, splash on
+    TPU when the length and bias allow it (in float32 on v2/v3), else XLA (the table is in
+    ``kernels/target.py``); the reference when weight dropout is active (the
     fused kernels have no dropout). The platform is the target's: the devices of the mesh
     the step is traced under (``kernels/target.py``), not the host's.
 """
@@ -224,21 +225,26 @@ def retrieve_splash(queries, keys, values, *, skip=1, window=None, segment_ids=N
     raise ValueError(f"The splash path needs a length that is a multiple of {splash.BLOCK}, "
                      f"got {queries.shape[1]}; use implementation='xla' (or None: automatic).")
   interpret = target.platform() != "tpu" if interpret is None else interpret
+  # TPU v2/v3 compile splash in float32 only (kernels/target.py); elsewhere the query dtype.
+  compute = target.splash_dtype(queries.dtype)
+  compute = queries.dtype if compute is None else compute
 
   def attend(q, k, v, reach, query_segments):
-    return splash.causal_attention(q, k.astype(q.dtype), v.astype(q.dtype), reach=reach,
-                                   query_segments=query_segments, key_segments=segment_ids,
-                                   interpret=interpret)
+    out = splash.causal_attention(q.astype(compute), k.astype(compute), v.astype(compute),
+                                  reach=reach, query_segments=query_segments,
+                                  key_segments=segment_ids, interpret=interpret)
+    return out.astype(q.dtype)
 
   return read_shifted(attend, queries, keys, values, skip=skip, window=window,
                       segment_ids=segment_ids, query_scale=query_scale)
 
 
 def cudnn_supports(dtype, head_dim: int) -> bool:
-  """Whether ``jax.nn.dot_product_attention`` can run cuDNN for the target: a GPU, bf16/fp16
-  inputs and a head size that is a multiple of 8, at most 128."""
-  return (target.platform() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-          and head_dim % 8 == 0 and head_dim <= 128)
+  """Whether ``jax.nn.dot_product_attention`` can run cuDNN for the target: a GPU of compute
+  capability 8.0+ (``target.cudnn_flash``), bf16/fp16 inputs and a head size that is a
+  multiple of 8, at most 128."""
+  return (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+          and head_dim <= 128 and target.cudnn_flash())
 
 
 def resolve_implementation(implementation: str | None, dtype, head_dim: int,
@@ -262,7 +268,7 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
     return implementation
   if cudnn_supports(dtype, head_dim):
     return "cudnn"
-  if target.platform() == "tpu" and splash_reads:
+  if target.splash_dtype(dtype) is not None and splash_reads:
     return "splash"
   return "xla"
 
@@ -300,7 +306,10 @@ def retrieve(queries: jax.Array, keys: jax.Array, values: jax.Array, *, skip=1,
   impl = resolve_implementation(implementation, queries.dtype, queries.shape[-1],
                                 dropout_active=dropout_rate > 0.0, length=queries.shape[1],
                                 has_bias=bias is not None)
-  target.record("retrieval", impl, _describe(skip, window, queries.shape[1]))
+  detail = _describe(skip, window, queries.shape[1])
+  if impl == "splash" and target.splash_dtype(queries.dtype) not in (None, queries.dtype):
+    detail += f", in {target.splash_dtype(queries.dtype).name} on {target.chip().name}"
+  target.record("retrieval", impl, detail)
   kwargs = dict(skip=skip, window=window, segment_ids=segment_ids, query_scale=query_scale)
   if impl == "reference":
     return retrieve_reference(queries, keys, values, bias=bias, dropout_rate=dropout_rate,

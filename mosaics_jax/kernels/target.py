@@ -10,6 +10,27 @@ shard through ``jax.shard_map`` (``per_shard``). Which mesh axes split the batch
 comes from the logical-axis rules in effect (``train/sharding.py``'s table, installed with
 ``flax.linen.logical_axis_rules``): the one table that shards the rest of the model.
 
+What the target's chip accepts is decided here, from its generation (``hardware.CHIPS``), and
+nowhere else; the kernels ask ``splash_dtype`` and ``cudnn_flash``:
+
+  ==========================  =====================================  =========================
+  target                      retrieval (automatic)                  persistent slot read
+  ==========================  =====================================  =========================
+  TPU v4, v5e, v5p, v6e       splash, in the model's dtype           XLA (recomputing)
+  TPU v2, v3                  splash in float32 (Mosaic has no bf16  XLA (recomputing)
+                              matmul there: inputs cast, output back)
+  GPU sm80+ (A100, A10, L4,   cuDNN flash attention (bf16 / fp16)    cuDNN (bf16 / fp16)
+  H100, H200, B200)
+  GPU below sm80 (T4, V100),  XLA                                    XLA (recomputing)
+  CPU, unknown devices
+  ==========================  =====================================  =========================
+
+Splash also needs lengths in multiples of 128 and no additive bias (ALiBi); cuDNN a head size
+that is a multiple of 8, at most 128 (``kernels/retrieval.py``). Found by compiling on each
+generation (``tests/test_compile.py``): on v2/v3 bf16 splash fails with Mosaic's
+"Unsupported matmul RHS type", float32 splash compiles. An unknown GPU is taken at its
+reported compute capability where JAX gives one.
+
 ``recording()`` notes the kernels chosen while a program is traced, and the FLOPs of its Mosaic
 kernels, for the compile report.
 """
@@ -23,8 +44,11 @@ import threading
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 from flax.linen import spmd
 from jax.sharding import PartitionSpec
+
+from mosaics_jax import hardware
 
 
 def mesh() -> jax.sharding.AbstractMesh | None:
@@ -40,6 +64,61 @@ def platform() -> str:
   if device is not None:
     return "gpu" if device.platform in ("cuda", "rocm") else device.platform
   return jax.default_backend()
+
+
+def device() -> jax.Device | jax.sharding.AbstractDevice:
+  """A device of the target: the mesh's (an abstract device for an ahead-of-time compile),
+  else the default backend's first."""
+  current = mesh()
+  found = None if current is None else current.abstract_device
+  return found if found is not None else jax.devices()[0]
+
+
+def chip() -> hardware.Chip | None:
+  """The target's chip generation (None: a CPU or an accelerator not in hardware.CHIPS)."""
+  return hardware.chip_of_kind(device().device_kind)
+
+
+def splash_dtype(dtype) -> jnp.dtype | None:
+  """The dtype splash computes in on the target for inputs of ``dtype`` (float32 where Mosaic
+  cannot multiply them, TPU v2/v3), or None where splash does not run (not a TPU)."""
+  if platform() != "tpu":
+    return None
+  found = chip()
+  if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and found is not None and not found.mosaic_bf16:
+    return jnp.dtype(jnp.float32)
+  return jnp.dtype(dtype)
+
+
+def cudnn_flash() -> bool:
+  """Whether the target GPU runs cuDNN's fused flash attention (compute capability 8.0+)."""
+  if platform() != "gpu":
+    return False
+  found = chip()
+  if found is not None:
+    return found.compute_capability >= 8.0
+  capability = getattr(device(), "compute_capability", None)  # real CUDA devices: "8.6"
+  return capability is not None and float(capability) >= 8.0
+
+
+def summary() -> str:
+  """The target and its row of the table above, for reports and notebooks:
+  'TPU v2 (v2, 8 devices): retrieval by splash in float32 (no bf16 Mosaic matmuls)'."""
+  found, here = chip(), device()
+  current = mesh()
+  count = jax.device_count() if current is None else current.size
+  name = (f"{here.device_kind} ({found.name if found else platform()}, "
+          f"{count} device{'s' * (count > 1)})")
+  compute = splash_dtype(jnp.bfloat16)
+  if compute is not None:
+    retrieval = "splash" + ("" if compute == jnp.bfloat16 else
+                            f" in {compute.name} (no bf16 Mosaic matmuls)")
+  elif cudnn_flash():
+    retrieval = "cuDNN flash attention (bf16 / fp16)"
+  else:
+    retrieval = "XLA" + (" (cuDNN flash needs compute capability 8.0+)"
+                         if platform() == "gpu" else "")
+  return f"{name}: retrieval by {retrieval}"
 
 
 def _fitted_spec(names: Sequence[str | None], shape, current) -> PartitionSpec:

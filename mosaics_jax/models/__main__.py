@@ -3,10 +3,14 @@
 Shapes come from ``jax.eval_shape``, so even the 9.9B-parameter preset costs no memory.
 """
 
+from absl import app
+
 from mosaics_jax import models
 
 
-def main() -> None:
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; this command takes none")
   print(f"{'preset':32s} {'kind':12s} {'layers':>6s} {'width':>6s} {'heads':>5s} "
         f"{'context':>7s} {'parameters':>15s}")
   for name, config in models.PRESETS.items():
@@ -18,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

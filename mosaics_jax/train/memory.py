@@ -28,10 +28,10 @@ the TPU compiler's (docs/scaling.md).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 
+from absl import app, flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -187,18 +187,19 @@ def one_device_table(preset: str, lengths: list[int], remats: list[str], batch: 
   return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      description="Memory to train one model on one device, per context length (estimated from "
-                  "the model; nothing runs).")
-  parser.add_argument("--model", default="mosaic_v2_gpt2_small", help="a models preset")
-  parser.add_argument("--lengths", default="4096,8192,16384,32768")
-  parser.add_argument("--remat", default="block,dots,none", help="comma-separated")
-  parser.add_argument("--batch", type=int, default=1)
-  args = parser.parse_args(argv)
-  print(one_device_table(args.model, [int(x) for x in args.lengths.split(",")],
-                         args.remat.split(","), args.batch))
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  values = flags.FLAGS
+  print(one_device_table(values.model, [int(x) for x in values.lengths],
+                         values.remat, values.batch))
 
 
 if __name__ == "__main__":
-  main()
+  flags.DEFINE_string("model", "mosaic_v2_gpt2_small", "A preset of mosaics_jax.models.")
+  flags.DEFINE_list("lengths", ["4096", "8192", "16384", "32768"],
+                    "Context lengths, comma-separated: one row each.")
+  flags.DEFINE_list("remat", ["block", "dots", "none"],
+                    "Rematerialization policies, comma-separated: one row each.")
+  flags.DEFINE_integer("batch", 1, "Sequences per device.")
+  app.run(main)

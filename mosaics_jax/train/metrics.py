@@ -16,7 +16,7 @@ nanoGPT with causal masks counted exactly:
   computes them.
 * Key recurrences, norms, softmaxes and the loss are not counted (a few percent at most).
 
-MFU = FLOPs/s per device / the device's peak dense bf16 FLOP/s (``PEAK_FLOPS``; set
+MFU = FLOPs/s per device / the device's peak dense bf16 FLOP/s (``hardware.CHIPS``; set
 ``train.peak_flops`` for devices not in the table, e.g. CPUs).
 """
 
@@ -28,26 +28,18 @@ import time
 import jax
 import numpy as np
 
-from mosaics_jax import storage
+from mosaics_jax import hardware, storage
 from mosaics_jax.models import MosaicConfig, TransformerConfig
+from mosaics_jax.train import wandb_logger
 from mosaics_jax.train.tensorboard import EventWriter
-
-# Dense bf16 peak FLOP/s per device (NVIDIA's sparse figures halved).
-PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-}
 
 
 def device_peak_flops(device: jax.Device | None = None, override: float = 0.0) -> float | None:
+  """Peak dense bf16 FLOP/s of a device (``hardware.CHIPS``), ``override`` if set, else None."""
   if override:
     return override
-  kind = (device or jax.devices()[0]).device_kind
-  for name, peak in sorted(PEAK_FLOPS.items(), key=lambda item: -len(item[0])):
-    if name.lower() in kind.lower():
-      return peak
-  return None
+  found = hardware.chip_of_kind((device or jax.devices()[0]).device_kind)
+  return None if found is None else found.peak_flops
 
 
 def matmul_params(params, config) -> int:
@@ -93,13 +85,20 @@ def training_flops_per_token(params, config, seq_len: int) -> float:
 
 
 class MetricWriter:
-  """metrics.jsonl and TensorBoard events in ``logdir`` (local or a bucket); process 0 only."""
+  """metrics.jsonl and TensorBoard events in ``logdir`` (local or a bucket), and W&B where a
+  project is given (train/wandb_logger.py); process 0 only. ``config`` (a ConfigDict) is
+  written once as TensorBoard text and as the W&B run's config."""
 
-  def __init__(self, logdir):
+  def __init__(self, logdir, config=None, wandb_project: str = ""):
     self.enabled = jax.process_index() == 0
     if self.enabled:
       self._jsonl = storage.GrowingFile(storage.path(logdir) / "metrics.jsonl")
       self._events = EventWriter(logdir)
+      if config is not None:
+        self._events.text("config", "```\n" + config.to_json_best_effort(
+            indent=2, sort_keys=True) + "\n```")
+      self._wandb = (wandb_logger.WandbRun(wandb_project, logdir, config.to_dict())
+                     if wandb_project else None)
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
@@ -108,11 +107,23 @@ class MetricWriter:
     line = json.dumps({"step": int(step), "time": time.time(), **values}) + "\n"
     self._jsonl.write(line.encode())
     self._events.scalars(int(step), values)
+    if self._wandb is not None:
+      self._wandb.log(step, values)
+
+  def histogram(self, step: int, tag: str, values) -> None:
+    """A distribution (TensorBoard's Histograms tab; not in metrics.jsonl)."""
+    if not self.enabled:
+      return
+    self._events.histogram(int(step), tag, values)
+    if self._wandb is not None:
+      self._wandb.histogram(step, tag, values)
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
       self._events.close()
+      if self._wandb is not None:
+        self._wandb.close()
 
 
 def read_metrics(logdir) -> list[dict]:

@@ -30,7 +30,8 @@ import optax
 from mosaics_jax import data as data_lib
 from mosaics_jax import evaluate as evaluate_lib
 from mosaics_jax import generate, losses, models, storage
-from mosaics_jax.train import checkpoint, metrics, optimizer as optimizer_lib, report, sharding
+from mosaics_jax.train import (checkpoint, metrics, optimizer as optimizer_lib, report, sharding,
+                               wandb_logger)
 from mosaics_jax.train.config import ConfigError, model_config, optimizer_config
 from mosaics_jax.train.preemption import Preemption
 
@@ -283,11 +284,18 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
   return result
 
 
+@jax.jit
+def _parameter_norms(params) -> jax.Array:
+  """The L2 norm of every parameter array (one number each), for a histogram at evaluations."""
+  return jnp.stack([jnp.sqrt(jnp.sum(jnp.square(leaf.astype(jnp.float32))))
+                    for leaf in jax.tree.leaves(params)])
+
+
 def _train_loop(name, config, program, state, step, train_iter, data, mesh, checkpoints,
                 run_dir, preemption):
   """Steps from ``step`` until num_steps or preemption; returns (state, step, preempted)."""
   cfg_train, num_steps = config.train, config.train.num_steps
-  writer = metrics.MetricWriter(run_dir)
+  writer = metrics.MetricWriter(run_dir, config, cfg_train.wandb_project)
   throughput = metrics.Throughput(program.flops_per_token,
                                   metrics.device_peak_flops(override=cfg_train.peak_flops),
                                   num_steps)
@@ -340,6 +348,7 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
                               stop=lambda: preemption.received)
         if validation is not None:
           writer.write(step, {"eval/loss": validation})
+          writer.histogram(step, "params/norms", jax.device_get(_parameter_norms(state.params)))
           log(f"[{name}] step {step}: validation loss {validation:.4f}")
       if save or preemption.received:  # a signal during the evaluation saves now
         _check_finite(jax.device_get(pending), run_dir, checkpoints)  # never save after a NaN
@@ -377,6 +386,7 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
                       f"({list(config.models)}): rename or remove them.")
   for name in names:
     optimizer_config(name, config)  # unknown fields fail before any data is built
+  wandb_logger.require_wandb(config.train.wandb_project)
   workdir = storage.path(workdir)
   if jax.process_index() == 0:
     storage.write_bytes(workdir / "config.json",

@@ -146,6 +146,7 @@ def test_slurm_without_requeue_and_its_bad_arguments():
 
 def test_tpu_runtime_versions():
   assert tpu.runtime_version("v4-32", "") == "tpu-ubuntu2204-base"
+  assert tpu.runtime_version("v2-8", "") == tpu.runtime_version("v3-8", "") == "tpu-ubuntu2204-base"
   assert tpu.runtime_version("v5litepod-16", "") == "v2-alpha-tpuv5-lite"
   assert tpu.runtime_version("v5p-8", "custom") == "custom"
 

@@ -1,6 +1,7 @@
-"""The official optimizer recipe, FLOP counts, progress lines and TensorBoard files."""
+"""The official optimizer recipe, FLOP counts, progress lines, TensorBoard and W&B logs."""
 
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 from mosaics_jax import models
-from mosaics_jax.train import metrics, optimizer, tensorboard
+from mosaics_jax.train import metrics, optimizer, wandb_logger
+from mosaics_jax.train.config import ConfigError
+from tests.train import logs
 
 
 def official_cosine_lr(it, learning_rate, min_lr, lr_decay_iters, warmup_iters):
@@ -84,16 +87,35 @@ def test_throughput_excludes_the_first_step_and_pauses(monkeypatch):
   assert metrics.device_peak_flops(override=123.0) == 123.0
 
 
-def test_tensorboard_files_round_trip(tmp_path):
-  assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-  writer = tensorboard.EventWriter(str(tmp_path))
-  writer.scalars(3, {"train/loss": 2.5, "train/mfu": 0.25})
-  writer.scalars(7, {"eval/loss": 1.75})
+def test_tensorboard_and_wandb_read_back_what_was_logged(tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  config = ml_collections.ConfigDict({"train": {"num_steps": 7}, "seed": 3})
+  writer = metrics.MetricWriter(tmp_path, config, wandb_project="mosaics-test")
+  writer.write(3, {"train/loss": 2.5, "train/mfu": 0.25})
+  writer.write(7, {"eval/loss": 1.75})
+  writer.histogram(7, "params/norms", [0.5, 1.0, 4.0])
   writer.close()
-  assert tensorboard.read_scalars(writer.path) == [(3, "train/loss", 2.5), (3, "train/mfu", 0.25),
-                                                    (7, "eval/loss", 1.75)]
-  data = bytearray(open(writer.path, "rb").read())
-  data[-3] ^= 0xFF
-  open(writer.path, "wb").write(bytes(data))
-  with pytest.raises(ValueError, match="CRC"):
-    tensorboard.read_scalars(writer.path)
+  (events,) = tmp_path.glob("events.out.tfevents.*")
+  assert logs.read_scalars(events) == [(3, "train/loss", 2.5), (3, "train/mfu", 0.25),
+                                       (7, "eval/loss", 1.75)]
+  assert logs.read_histograms(events) == [(7, "params/norms", 3.0)]
+  assert '"num_steps": 7' in logs.read_texts(events)["config/text_summary"]
+  rows = logs.wandb_history(tmp_path)  # one row a step: the histogram joins step 7's
+  assert [{k: v for k, v in row.items() if not k.startswith(("_", "params/"))} |
+           {"step": row["_step"]} for row in rows] == [
+              {"train/loss": 2.5, "train/mfu": 0.25, "step": 3}, {"eval/loss": 1.75, "step": 7}]
+  assert rows[1]["params/norms/_type"] == "histogram"
+  assert sum(rows[1]["params/norms/values"]) == 3
+  assert metrics.read_metrics(tmp_path)[1]["eval/loss"] == 1.75
+  data = bytearray(events.read_bytes())
+  data[-3] ^= 0xFF  # TensorBoard's reader drops a damaged record (the histogram), not the rest
+  events.write_bytes(bytes(data))
+  assert logs.read_histograms(events) == [] and len(logs.read_scalars(events)) == 3
+
+
+def test_wandb_project_without_wandb_fails_before_any_work(monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+  with pytest.raises(ConfigError, match=r"pip install 'mosaics_jax\[wandb\]'"):
+    wandb_logger.require_wandb("my-project")
+  wandb_logger.require_wandb("")  # no project: wandb is not needed

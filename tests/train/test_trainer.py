@@ -13,8 +13,9 @@ import pytest
 
 from experiments.configs import quickstart
 from mosaics_jax.data import DataError
-from mosaics_jax.train import checkpoint, metrics, tensorboard, trainer
+from mosaics_jax.train import checkpoint, metrics, trainer
 from mosaics_jax.train.config import ConfigError
+from tests.train import logs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -55,9 +56,10 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     assert np.isfinite(result.validation_loss) and result.validation_loss < np.log(2048)
     assert len(result.samples) == 3 and all(text for _, text in result.samples)
     events = next((tmp_path / name).glob("events.out.tfevents.*"))
-    tags = {tag for _, tag, _ in tensorboard.read_scalars(str(events))}
+    tags = {tag for _, tag, _ in logs.read_scalars(str(events))}
     assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/loss",
             "train/tokens_per_second_per_device"} <= tags
+    assert {tag for _, tag, _ in logs.read_histograms(str(events))} == {"params/norms"}
     assert (tmp_path / name / "checkpoints" / "20").is_dir()
   report = (tmp_path / "report.md").read_text()
   assert "| mosaic | Memory Mosaic v1 |" in report and "| transformer |" in report
