@@ -102,7 +102,9 @@ def test_training_run_in_a_bucket(bucket, tmp_path, monkeypatch):
   assert "| mosaic | Memory Mosaic v1 |" in (run / "report.md").read_text()
   assert (run / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
   assert len(list((run / "data").glob("tokenizer-*.model"))) == 1
-  assert len(list((run / "data").glob("*.npy"))) == 2
+  stores = sorted(str(p.parent.name) for p in (run / "data").glob("*/manifest.json"))
+  assert [name.split("-")[0] for name in stores] == ["train", "validation"]
+  assert len(list((run / "data").glob("train-*/shard-00000.bin"))) == 1  # read by range
   events = list((run / "mosaic").glob("events.out.tfevents.*"))
   assert {tag for _, tag, _ in logs.read_scalars(events[0])} >= {"train/loss"}
 

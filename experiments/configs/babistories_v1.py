@@ -30,8 +30,22 @@ Recipe (Library/train_memory_mosaics.py and scripts/train_babistories.sh): 12 bl
 12 heads, 2688 persistent slots, context 512, tied embedding; AdamW betas (0.9, 0.95), weight
 decay 0.1 on 2-D+ parameters, peak lr 5e-3 after 2000 linear warm-up steps, cosine to 1e-4 at
 80k, gradient clip 1.0; dropout 0.05; random 512-token windows that cross stories. The
-official code tokenises with tiktoken's GPT-2 BPE (50257 tokens, padded to 50304); here a
-SentencePiece vocabulary of 50304 is trained on the corpus (tiktoken needs a download).
+official code tokenises with tiktoken's GPT-2 BPE (50257 tokens, padded to 50304). With the
+command above a SentencePiece vocabulary of 50304 is trained on the corpus instead; for the
+official tokens (and numbers comparable with its validation loss), prepare the files once with
+GPT-2's ranks (tiktoken's r50k_base.tiktoken, openaipublic.blob.core.windows.net/encodings/;
+2 bytes a token on disk, written shard by shard) and train on the stores:
+    python -m mosaics_jax.data.prepare --inputs=/data/BabiStories/traindataset.txt \
+        --output=/data/babistories-gpt2/train --tokenizer=tiktoken:gpt2=/data/r50k_base.tiktoken
+    python -m mosaics_jax.data.prepare --inputs=/data/BabiStories/valdataset.txt \
+        --output=/data/babistories-gpt2/val --tokenizer=tiktoken:gpt2=/data/r50k_base.tiktoken
+    python -m mosaics_jax.main --config=babistories_v1 --workdir=/data/runs/babistories \
+        --config.data.train_files=/data/babistories-gpt2/train \
+        --config.data.validation_files=/data/babistories-gpt2/val \
+        --config.data.tokenizer.model_file=tiktoken:gpt2=/data/r50k_base.tiktoken
+(``pip install 'mosaics_jax[tokenizers]'``; the models' vocabulary follows the tokenizer:
+50257 rounded up to 50304). The official ``train.bin`` / ``val.bin`` work as they are too:
+``--config.data.train_files=/data/babistories/train.bin``.
 
 Expected result (Library/README.md and the v1 paper): validation cross-entropy about 1.50
 (train 1.33) for the 12-block Memory Mosaic; GPT-2 slightly worse at every depth (Figures 7,

@@ -1,9 +1,18 @@
 r"""The v2 paper's pre-training: Memory Mosaic v2 and its Llama-style baseline, packed documents.
 
-Command:
-    python -m mosaics_jax.main --config=experiments/configs/v2_pretraining.py:small \
-        --workdir=gs://BUCKET/v2_small --config.data.train_files='gs://BUCKET/mix/*.jsonl' \
-        --config.data.validation_files=... --config.mesh.fsdp=-1 --config.mesh.data=1
+Command: tokenize the corpus once into token stores (one shard per input file, in the
+bucket; the Llama-3 tokenizer's ranks file is Meta's tokenizer.model; 4 bytes a token, so
+about 800 GB for 200B tokens), then train on them from every host:
+    python -m mosaics_jax.data.prepare --inputs='gs://BUCKET/mix/train-*.jsonl.zst' \
+        --output=gs://BUCKET/mix-llama3/train --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model
+    python -m mosaics_jax.data.prepare --inputs='gs://BUCKET/mix/val-*.jsonl.zst' \
+        --output=gs://BUCKET/mix-llama3/val --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model
+    python -m mosaics_jax.main --config=v2_pretraining:small,pod=v5p-128 \
+        --workdir=gs://BUCKET/v2_small --config.data.train_files=gs://BUCKET/mix-llama3/train \
+        --config.data.validation_files=gs://BUCKET/mix-llama3/val \
+        --config.data.tokenizer.model_file=tiktoken:llama3=gs://BUCKET/llama3.model
+(``--workers`` prepares that many files at a time; a killed prepare, rerun, redoes only the
+unfinished shards. Raw files work directly too, prepared into the workdir on first use.)
 Arguments: ``small`` (24 blocks, d 2048, 16 heads, "llama-1.5B"), ``large`` (32 blocks,
 d 4096, 32 heads, 9.9B), ``gpt2`` (12 blocks, d 768, one GPU), ``cpu`` (a few minutes on
 the shipped TinyStories slice); with a size, ``pod=SLICE`` sets the mesh, accumulation and

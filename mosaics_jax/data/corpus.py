@@ -9,12 +9,18 @@ Formats (``format=``):
   * ``auto``: by extension (.jsonl/.json -> jsonl, .parquet -> parquet, otherwise lines), and
     a .txt whose first line is a JSON string -> babistories.
 
+Any file may be compressed (``.gz``, ``.zst``; zstandard needed for the latter): read streamed,
+as every format is (``iter_documents``), so memory does not grow with a file's size.
+
 Paths may be globs and comma-separated lists; ``package:NAME`` names a corpus shipped in
 ``mosaics_jax/data/resources`` (e.g. ``package:tinystories/train.txt``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import pathlib
 
@@ -44,13 +50,44 @@ def resolve_paths(patterns: str) -> list[str]:
   return paths
 
 
+COMPRESSIONS = (".gz", ".zst")
+
+
+def _stem_suffix(path: str) -> str:
+  """The format-giving suffix: ``a.jsonl.gz`` -> ``.jsonl``."""
+  pure = pathlib.PurePosixPath(path)
+  if pure.suffix.lower() in COMPRESSIONS:
+    pure = pure.with_suffix("")
+  return pure.suffix.lower()
+
+
+@contextlib.contextmanager
+def open_binary(path: str):
+  """The bytes of a file, decompressed on the fly for ``.gz`` and ``.zst`` (streamed: memory
+  stays at a buffer whatever the file's size)."""
+  with storage.path(path).open("rb") as raw:
+    suffix = pathlib.PurePosixPath(path).suffix.lower()
+    if suffix == ".gz":
+      with gzip.GzipFile(fileobj=raw) as f:
+        yield f
+    elif suffix == ".zst":
+      try:
+        import zstandard  # pylint: disable=import-outside-toplevel
+      except ImportError as error:
+        raise DataError(f"{path} is Zstandard-compressed: pip install zstandard.") from error
+      with zstandard.ZstdDecompressor().stream_reader(raw) as f:
+        yield io.BufferedReader(f)
+    else:
+      yield raw
+
+
 def detect_format(path: str) -> str:
-  suffix = pathlib.Path(path).suffix.lower()
+  suffix = _stem_suffix(path)
   if suffix in (".jsonl", ".json"):
     return "jsonl"
   if suffix == ".parquet":
     return "parquet"
-  with storage.path(path).open("rb") as f:
+  with open_binary(path) as f:
     first = next((line for line in f if line.strip()), b"").decode("utf-8", "replace")
   try:
     if isinstance(json.loads(first), str):
@@ -60,31 +97,43 @@ def detect_format(path: str) -> str:
   return "lines"
 
 
-def _read_one(path: str, fmt: str, text_field: str) -> list[str]:
+def _lines(path: str):
+  """(line number, text) of a text file, each line decoded on its own so that a bad byte is
+  reported with its line."""
+  with open_binary(path) as f:
+    for number, raw in enumerate(f, 1):
+      try:
+        yield number, raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError as error:
+        raise DataError(f"{path}:{number} is not UTF-8 text ({error}); convert the file or "
+                        "remove the line.") from error
+
+
+def iter_documents(path: str, fmt: str = "auto", text_field: str = "text"):
+  """The documents of one file, streamed (``fmt`` as in the module docstring)."""
+  fmt = detect_format(path) if fmt == "auto" else fmt
+  if fmt not in FORMATS:
+    raise DataError(f"Unknown data format {fmt!r}; choose one of {FORMATS}.")
   if fmt == "parquet":
-    try:
-      import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-      raise DataError(f"{path} is Parquet: install pyarrow (pip install pyarrow).") from error
-    with storage.path(path).open("rb") as f:
-      table = pq.read_table(f)
-    if text_field not in table.column_names:
-      raise DataError(f"{path} has no column {text_field!r} (columns: {table.column_names}); "
-                      "set config.data.text_field.")
-    return [str(t) for t in table.column(text_field).to_pylist() if t and str(t).strip()]
-  try:
-    with storage.path(path).open(encoding="utf-8") as f:
-      text = f.read()
-  except UnicodeDecodeError as error:
-    raise DataError(f"{path} is not UTF-8 text ({error}); convert it or choose the right file.") \
-        from error
+    yield from _parquet_documents(path, text_field)
+    return
   if fmt == "blocks":
-    return [block.strip() for block in text.split("\n\n") if block.strip()]
-  lines = [line for line in text.splitlines() if line.strip()]
-  if fmt == "lines":
-    return [line.strip() for line in lines]
-  documents = []
-  for number, line in enumerate(lines, 1):
+    block: list[str] = []
+    for _, line in _lines(path):
+      if line.strip():
+        block.append(line)
+      elif block:
+        yield "\n".join(block).strip()
+        block = []
+    if block:
+      yield "\n".join(block).strip()
+    return
+  for number, line in _lines(path):
+    if not line.strip():
+      continue
+    if fmt == "lines":
+      yield line.strip()
+      continue
     try:
       record = json.loads(line)
     except ValueError as error:
@@ -94,12 +143,29 @@ def _read_one(path: str, fmt: str, text_field: str) -> list[str]:
       if not isinstance(record, str):
         raise DataError(f"{path}:{number}: BabiStories lines are JSON strings, got "
                         f"{type(record).__name__}; use format='jsonl' for objects.")
-      documents.append(record)
+      document = record
     else:
       if not isinstance(record, dict) or text_field not in record:
         raise DataError(f"{path}:{number} has no field {text_field!r}; set config.data.text_field.")
-      documents.append(str(record[text_field]))
-  return [d for d in documents if d.strip()]
+      document = str(record[text_field])
+    if document.strip():
+      yield document
+
+
+def _parquet_documents(path: str, text_field: str):
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise DataError(f"{path} is Parquet: install pyarrow (pip install pyarrow).") from error
+  with open_binary(path) as f:
+    table = pq.ParquetFile(f)
+    if text_field not in table.schema_arrow.names:
+      raise DataError(f"{path} has no column {text_field!r} (columns: "
+                      f"{table.schema_arrow.names}); set config.data.text_field.")
+    for batch in table.iter_batches(columns=[text_field]):  # one row group's worth at a time
+      for text in batch.column(0).to_pylist():
+        if text and str(text).strip():
+          yield str(text)
 
 
 def read_documents(patterns: str, fmt: str = "auto", text_field: str = "text") -> list[str]:
@@ -108,7 +174,7 @@ def read_documents(patterns: str, fmt: str = "auto", text_field: str = "text") -
     raise DataError(f"Unknown data format {fmt!r}; choose one of {FORMATS}.")
   documents: list[str] = []
   for path in resolve_paths(patterns):
-    found = _read_one(path, detect_format(path) if fmt == "auto" else fmt, text_field)
+    found = list(iter_documents(path, fmt, text_field))
     if not found:
       raise DataError(f"{path} contains no documents (empty file, or the wrong format/field).")
     documents += found

@@ -1,7 +1,8 @@
 """Language-model batches from a token stream, as a deterministic, checkpointable grain pipeline.
 
-The corpus becomes one stream ``EOT d1 EOT d2 EOT d3 ...`` (each document preceded by the
-end-of-text token, which also ends the previous one). Two ways to cut it (``packing=``):
+The corpus is one stream ``EOT d1 EOT d2 EOT d3 ...`` (each document preceded by the
+end-of-text token, which also ends the previous one): a token store (``data/store.py``) or an
+array; only the windows a batch needs are read. Two ways to cut it (``packing=``):
 
 * ``random_windows`` (the official recipe): window i starts at a uniformly random offset drawn
   from (seed, i), with replacement, and crosses document boundaries freely.
@@ -17,37 +18,21 @@ The iterator's state is one integer (the next batch), saved with each checkpoint
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
+from grain.experimental import index_shuffle
 
-from mosaics_jax import storage
 from mosaics_jax.data.corpus import DataError
 
 PACKINGS = ("random_windows", "documents")
 
 
-def encode_stream(documents, tokenizer, cache_path=None) -> np.ndarray:
-  """The token stream of a corpus (int32), cached as .npy when a path is given (memory-mapped
-  on a local disk, read into memory from a bucket)."""
-  if cache_path and storage.path(cache_path).exists():
-    return _load_stream(cache_path)
+def encode_stream(documents, tokenizer) -> np.ndarray:
+  """The token stream of a few documents in memory (the evaluators' analysis texts; training
+  data go through a token store, ``data/prepare.py``)."""
   eot = tokenizer.eot_id
   pieces = [np.asarray([eot] + ids, np.int32) for ids in tokenizer.encode(documents)]
-  stream = np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
-  if cache_path:
-    encoded = io.BytesIO()
-    np.save(encoded, stream)
-    storage.write_bytes(cache_path, encoded.getvalue())
-    if not storage.is_remote(cache_path):  # memory-mapped; a bucket's copy is the one in hand
-      return _load_stream(cache_path)
-  return stream
-
-
-def _load_stream(cache_path) -> np.ndarray:
-  if storage.is_remote(cache_path):
-    return np.load(io.BytesIO(storage.path(cache_path).read_bytes()))
-  return np.load(cache_path, mmap_mode="r")
+  return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
 
 
 def segments_of(window: np.ndarray, eot: int) -> np.ndarray:
@@ -80,17 +65,17 @@ class WindowBatches:
                       f"{self.seq_len + 1}: use more data or a shorter seq_len.")
     self.local_batch = self.global_batch // self.process_count
     self.num_windows = (len(self.stream) - 1) // self.seq_len
-    self._permutation = (-1, None)
 
   def window_start(self, index: int) -> int:
     if self.packing == "random_windows":
       high = len(self.stream) - self.seq_len - 1
       return int(np.random.default_rng([self.seed, index]).integers(0, high))
+    # A permutation of the windows per epoch, computed index by index (O(1) memory whatever
+    # the corpus size): grain's index_shuffle, keyed by (seed, epoch).
     epoch, position = divmod(index, self.num_windows)
-    if self._permutation[0] != epoch:
-      self._permutation = (epoch, np.random.default_rng([self.seed, epoch]).permutation(
-          self.num_windows))
-    return int(self._permutation[1][position]) * self.seq_len
+    seed = int(np.random.default_rng([self.seed, epoch]).integers(0, 2**31))
+    return index_shuffle(position, max_index=self.num_windows - 1, seed=seed,
+                         rounds=4) * self.seq_len
 
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
     first = batch_index * self.global_batch + self.process_index * self.local_batch

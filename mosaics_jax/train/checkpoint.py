@@ -1,4 +1,4 @@
-"""Checkpoints: orbax CheckpointManager with the training state and the data-iterator state.
+"""Checkpoints: orbax CheckpointManager with the training state and the data position.
 
 * Saves are asynchronous (training continues while the arrays are written); a step directory
   appears only once complete, so a run killed mid-save resumes from the previous one.
@@ -6,6 +6,9 @@
   validation loss.
 * Restores onto any mesh: the target is a tree of ``jax.ShapeDtypeStruct`` with the new
   shardings.
+* The data position is the next global batch and the data's fingerprint (a small JSON item,
+  the same from every host): batches are a pure function of their index, so a run resumes
+  on any number of hosts and grain workers, and a resume on other data is refused.
 * ``model_config.json`` beside the checkpoints records the model; resuming with a different
   model fails with a clear message instead of a shape error deep inside orbax.
 """
@@ -16,12 +19,11 @@ import dataclasses
 import json
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
 from mosaics_jax import models, storage
-from mosaics_jax.data.tokenizer import Tokenizer
+from mosaics_jax.data import store, tokenizer as tokenizers
 
 policies = ocp.checkpoint_managers
 
@@ -65,7 +67,7 @@ class Checkpoints:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data_position": ocp.JsonCheckpointHandler()})
 
   def steps(self) -> list[int]:
     return list(self.manager.all_steps())
@@ -73,18 +75,24 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
+  def save(self, step: int, state, next_batch: int, data_fingerprint: str = "",
+           metrics: dict | None = None) -> None:
+    position = {"next_batch": int(next_batch), "data_fingerprint": data_fingerprint}
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+        state=ocp.args.StandardSave(state), data_position=ocp.args.JsonSave(position)),
                       metrics=metrics, force=True)
 
-  def restore(self, step: int, abstract_state, data_iterator):
-    """The state at ``step`` laid out as ``abstract_state`` (ShapeDtypeStructs with shardings);
-    ``data_iterator`` is moved to where it was."""
+  def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
+    """(the state at ``step`` laid out as ``abstract_state``, ShapeDtypeStructs with
+    shardings; the data position ``{"next_batch", "data_fingerprint"}``)."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    # Checkpoints written before the data position was recorded (grain iterator files, one
+    # per host) are at batch ``step``: one batch a step from batch 0.
+    has_position = (self.directory / str(step) / "data_position").exists()
+    if has_position:
+      items["data_position"] = ocp.args.JsonRestore()
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
       earlier = [s for s in self.steps() if s < step]
       hint = (f"move {self.directory / str(step)} aside to resume from step "
@@ -92,7 +100,9 @@ class Checkpoints:
       raise CheckpointError(f"Checkpoint step {step} in {self.directory} cannot be restored "
                             f"({type(error).__name__}: {error}). Nothing was deleted; {hint}.") \
           from error
-    return restored["state"]
+    position = (dict(restored["data_position"]) if has_position else
+                {"next_batch": step, "data_fingerprint": ""})
+    return restored["state"], position
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -108,7 +118,7 @@ class Run:
 
   model: Any
   params: Any
-  tokenizer: Tokenizer | None
+  tokenizer: Any  # a data/tokenizer.py tokenizer, or None
   step: int
 
 
@@ -147,15 +157,22 @@ def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:
   return workdir, name, run
 
 
-def _tokenizer(workdir) -> Tokenizer | None:
-  """The experiment's tokenizer: its given model file, else the one trained in workdir/data."""
+def _tokenizer(workdir):
+  """The experiment's tokenizer: its given model file, else the one saved with its token
+  store (``prepare --tokenizer=sentencepiece:VOCAB``), else the one trained in workdir/data."""
   config_path = workdir / "config.json"
   if config_path.exists():
-    given = json.loads(config_path.read_text()).get("data", {}).get("tokenizer", {}).get(
-        "model_file")
+    data_config = json.loads(config_path.read_text()).get("data", {})
+    given = data_config.get("tokenizer", {}).get("model_file")
     if given:
-      return Tokenizer.load(given)
+      return tokenizers.load(given)
+    train_files = str(data_config.get("train_files", ""))
+    if train_files and store.is_store(train_files):
+      directory = storage.path(train_files.strip())
+      directory = directory.parent if directory.name == store.MANIFEST else directory
+      if (directory / "tokenizer.model").exists():
+        return tokenizers.Tokenizer.load(str(directory / "tokenizer.model"))
   trained = sorted(str(p) for p in (workdir / "data").glob("tokenizer-*.model"))
   if len(trained) > 1:
     raise CheckpointError(f"Several tokenizers in {workdir}/data: {trained}; keep one.")
-  return Tokenizer.load(trained[0]) if trained else None
+  return tokenizers.Tokenizer.load(trained[0]) if trained else None

@@ -226,7 +226,6 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
   checkpoints = checkpoint.Checkpoints(run_dir / "checkpoints",
                                        keep=config.train.keep_checkpoints,
                                        keep_best=config.train.keep_best)
-  train_iter = data.train_iterator()
   step = (checkpoints.latest_step() if config.train.restore_step < 0
           else config.train.restore_step)
   if step is not None:
@@ -241,11 +240,19 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
     target = jax.tree_util.tree_map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
         program.abstract_state, program.state_shardings)
-    state = checkpoints.restore(step, target, train_iter)
+    state, position = checkpoints.restore(step, target)
+    if position["data_fingerprint"] and data.fingerprint and (
+        position["data_fingerprint"] != data.fingerprint):
+      raise checkpoint.CheckpointError(
+          f"{checkpoints.directory} step {step} was trained on other data (fingerprint "
+          f"{position['data_fingerprint']}, now {data.fingerprint}: another corpus, store or "
+          "tokenizer). Resume with the original data, or train into a new --workdir.")
+    next_batch = position["next_batch"]
     log(f"[{name}] resumed from step {step} ({checkpoints.directory})")
   else:
     state = jax.jit(program.init, out_shardings=program.state_shardings)(
         jax.random.key(config.seed))
+    next_batch = 0
   log(f"[{name}] {type(program.model).__name__}: {program.parameters:,} parameters, "
       f"{program.flops_per_token / 1e6:,.1f} MFLOP per trained token, mesh {dict(mesh.shape)}")
 
@@ -253,7 +260,7 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
   with preemption.deferred():  # a save in flight always finishes
     if mode in ("train", "train_and_eval") and result.step < config.train.num_steps:
       state, result.step, result.preempted = _train_loop(
-          name, config, program, state, result.step, train_iter, data, mesh, checkpoints,
+          name, config, program, state, result.step, next_batch, data, mesh, checkpoints,
           run_dir, preemption)
     checkpoints.close()
   if preemption.received and not result.preempted:  # during the last save: it is complete
@@ -291,9 +298,11 @@ def _parameter_norms(params) -> jax.Array:
                     for leaf in jax.tree.leaves(params)])
 
 
-def _train_loop(name, config, program, state, step, train_iter, data, mesh, checkpoints,
+def _train_loop(name, config, program, state, step, next_batch, data, mesh, checkpoints,
                 run_dir, preemption):
-  """Steps from ``step`` until num_steps or preemption; returns (state, step, preempted)."""
+  """Steps from ``step`` (reading global batches from ``next_batch`` on) until num_steps or
+  preemption; returns (state, step, preempted)."""
+  train_iter = data.train_iterator(next_batch)
   cfg_train, num_steps = config.train, config.train.num_steps
   writer = metrics.MetricWriter(run_dir, config, cfg_train.wandb_project)
   throughput = metrics.Throughput(program.flops_per_token,
@@ -309,6 +318,7 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
     if profile and step == profile[0]:
       jax.profiler.start_trace(profile_dir)
     local_batch = next(train_iter)
+    next_batch += 1
     throughput.count(local_batch["inputs"].size * jax.process_count())
     batch = sharding.global_batch(local_batch, mesh)
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -352,7 +362,7 @@ def _train_loop(name, config, program, state, step, train_iter, data, mesh, chec
           log(f"[{name}] step {step}: validation loss {validation:.4f}")
       if save or preemption.received:  # a signal during the evaluation saves now
         _check_finite(jax.device_get(pending), run_dir, checkpoints)  # never save after a NaN
-        checkpoints.save(step, state, train_iter,
+        checkpoints.save(step, state, next_batch, data.fingerprint,
                          metrics=None if validation is None else {"validation_loss": validation})
         stop = stop or preemption.received  # a signal during the save: it completes, then stop
       throughput.exclude(time.time() - paused)

@@ -93,6 +93,10 @@ def test_resume_on_another_mesh(tmp_path):
   trainer.train_and_evaluate(other_mesh, str(tmp_path / "b"), mode="train")
   a, b = final_params(tmp_path / "a" / "mosaic"), final_params(tmp_path / "b" / "mosaic")
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-4), a[1], b[1])
+  other_data = tiny(**{"train.num_steps": 12,
+                       "data.train_files": "package:tinystories/*.txt"})
+  with pytest.raises(checkpoint.CheckpointError, match="was trained on other data"):
+    trainer.train_and_evaluate(other_data, str(tmp_path / "b"), mode="train")
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):

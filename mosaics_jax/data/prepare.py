@@ -1,0 +1,47 @@
+r"""Tokenize a corpus once into a token store, shard by shard (``data/preparation.py``).
+
+    python -m mosaics_jax.data.prepare --inputs='/data/stories/*.jsonl.gz' \
+        --output=gs://BUCKET/stories-sp32k --tokenizer=sentencepiece:32000 --workers=16
+
+Then train on it with ``--config.data.train_files=gs://BUCKET/stories-sp32k`` (and
+``validation_files``). A killed prepare, run again, redoes only its unfinished shards.
+Exits 1 with the problem and the fix on bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from mosaics_jax.data import corpus, preparation
+from mosaics_jax.data.corpus import DataError
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  values = flags.FLAGS
+  try:
+    prepared = preparation.prepare(",".join(values.inputs), values.output, values.tokenizer,
+                                   fmt=values.format, text_field=values.text_field,
+                                   workers=values.workers)
+  except DataError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  print(f"{values.output}: {len(prepared):,} tokens in {len(prepared.manifest['shards'])} "
+        f"shards, {prepared.dtype.name}, vocabulary {prepared.vocab_size:,}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_list("inputs", None, "Input files: comma-separated globs, local or in a bucket.")
+  flags.DEFINE_string("output", None, "The store directory to write (local or a bucket).")
+  flags.DEFINE_string("tokenizer", None,
+                      "A SentencePiece .model, tiktoken:gpt2=RANKS (or llama3), a Hugging Face "
+                      "tokenizer.json, or sentencepiece:VOCAB to train one.")
+  flags.DEFINE_enum("format", "auto", list(corpus.FORMATS), "Input format (auto: by extension).")
+  flags.DEFINE_string("text_field", "text", "The document field of JSONL and Parquet inputs.")
+  flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes, one input file each at a time.")
+  flags.mark_flags_as_required(["inputs", "output", "tokenizer"])
+  app.run(main)
