@@ -3,7 +3,8 @@ corpus size.
 
     python benchmarks/data.py --record
 
-* **prepare**: the shipped TinyStories training text copied into ``--shards`` input files,
+* **prepare**: the shipped TinyStories training text, ``--copies`` times over, in each of
+  ``--shards`` input files,
   prepared (``data/preparation.py``, a SentencePiece vocabulary of 2048) with 1 and 2
   workers: tokens/s, and tokens/s per worker.
 * **read**: this host's slice of training batches from that store through the grain pipeline
@@ -22,7 +23,6 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,13 +69,15 @@ def sparse_store(directory: pathlib.Path, tokens: int, shard_tokens: int = 10**9
   (directory / store.MANIFEST).write_text(json.dumps(manifest))
 
 
-def measure_prepare(work: pathlib.Path, shards: int) -> tuple[list[dict], pathlib.Path]:
+def measure_prepare(work: pathlib.Path, shards: int, copies: int) -> tuple[list[dict],
+                                                                         pathlib.Path]:
   from mosaics_jax.data import corpus, preparation  # pylint: disable=import-outside-toplevel
   from mosaics_jax.data import tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
   raw = work / "raw"
   raw.mkdir()
+  text = (corpus.RESOURCES / "tinystories" / "train.txt").read_text()
   for i in range(shards):
-    shutil.copy(corpus.RESOURCES / "tinystories" / "train.txt", raw / f"part-{i:03d}.txt")
+    (raw / f"part-{i:03d}.txt").write_text("\n".join([text] * copies))
   tok = tokenizers.train_tokenizer(corpus.read_documents(str(raw / "part-000.txt")), 2048)
   rows = []
   for workers in (1, 2):
@@ -145,12 +147,13 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--shards", type=int, default=8, help="input files for prepare")
+  parser.add_argument("--copies", type=int, default=20, help="copies of the text per file")
   parser.add_argument("--steps", type=int, default=20, help="batches read per setting")
   recording.add_flags(parser)
   args = parser.parse_args(argv)
   with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
     work = pathlib.Path(tmp)
-    rows, prepared = measure_prepare(work, args.shards)
+    rows, prepared = measure_prepare(work, args.shards, args.copies)
     rows += measure_read(prepared, args.steps)
     rows += measure_startup(work, prepared)
   recording.report(rows, table(rows), args, "Data path", "data.py",

@@ -27,11 +27,14 @@ def main(argv) -> None:
     prepared = preparation.prepare(",".join(values.inputs), values.output, values.tokenizer,
                                    fmt=values.format, text_field=values.text_field,
                                    workers=values.workers)
+    if values.verify:
+      prepared.verify()
   except DataError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   print(f"{values.output}: {len(prepared):,} tokens in {len(prepared.manifest['shards'])} "
-        f"shards, {prepared.dtype.name}, vocabulary {prepared.vocab_size:,}")
+        f"shards, {prepared.dtype.name}, vocabulary {prepared.vocab_size:,}"
+        + (", checksums verified" if values.verify else ""))
 
 
 if __name__ == "__main__":
@@ -43,5 +46,6 @@ if __name__ == "__main__":
   flags.DEFINE_enum("format", "auto", list(corpus.FORMATS), "Input format (auto: by extension).")
   flags.DEFINE_string("text_field", "text", "The document field of JSONL and Parquet inputs.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes, one input file each at a time.")
+  flags.DEFINE_bool("verify", False, "Also check every shard's SHA-256 (reads the whole store).")
   flags.mark_flags_as_required(["inputs", "output", "tokenizer"])
   app.run(main)

@@ -20,6 +20,7 @@ manifest) open as one-shard stores (``TokenStore.from_bin``).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 
 import numpy as np
@@ -81,6 +82,9 @@ class TokenStore:
       raise DataError(f"{directory / MANIFEST} is format {manifest.get('format')!r}, not "
                       f"{FORMAT!r}; prepare it again with this version.")
     store = cls(directory, manifest)
+    if store.vocab_size > np.iinfo(store.dtype).max + 1:
+      raise DataError(f"{directory / MANIFEST}: a vocabulary of {store.vocab_size:,} does not fit "
+                      f"its dtype {store.dtype.name}; the store is damaged, prepare it again.")
     store.check_sizes()
     return store
 
@@ -122,6 +126,20 @@ class TokenStore:
         raise DataError(f"Shard {path} has {size} bytes, the manifest says "
                         f"{(end - start) * self.dtype.itemsize}: it is truncated or from "
                         "another prepare; rerun prepare.")
+
+  def verify(self) -> None:
+    """Every shard's SHA-256 against the manifest (reads the whole store: prepare --verify)."""
+    for index, shard in enumerate(self.manifest["shards"]):
+      if not shard.get("sha256"):
+        continue
+      digest = hashlib.sha256()
+      with self._path(index).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+          digest.update(block)
+      if digest.hexdigest() != shard["sha256"]:
+        raise DataError(f"Shard {self._path(index)} does not match its checksum in the manifest "
+                        "(changed or damaged since it was prepared); delete it and its .json, "
+                        "then rerun prepare to remake it.")
 
   def _shard(self, index: int) -> np.ndarray | None:
     """A local shard, memory-mapped once (None for a bucket: read by range)."""

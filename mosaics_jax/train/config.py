@@ -134,6 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
       peak_flops=0.0,             # per device, for MFU where the device is not in the table
       evaluators="",              # comma-separated mosaics_jax.evaluate.EVALUATORS to run
       wandb_project="",           # also log to Weights & Biases (.[wandb]; WANDB_MODE=offline)
+      compilation_cache_dir="",   # "": WORKDIR/compilation_cache (unless JAX has one); "none"
   ))
   # pod: the slice a layout was made for (pod=SLICE in a config argument; "" for none), the
   # slice ``python -m mosaics_jax.compile`` compiles for.

@@ -380,6 +380,18 @@ def _train_loop(name, config, program, state, step, next_batch, data, mesh, chec
 # The experiment.
 
 
+def use_compilation_cache(directory: str, workdir) -> None:
+  """JAX's persistent compilation cache, so that a run restarted after a preemption or a crash
+  loads its executables instead of compiling them again: ``directory`` (a local path or a
+  bucket); by default ``WORKDIR/compilation_cache``, unless JAX already has a cache
+  (``JAX_COMPILATION_CACHE_DIR``, or set by the caller); "none" leaves JAX's setting alone."""
+  if directory == "none":
+    return
+  if directory or not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir",
+                      directory or str(storage.path(workdir) / "compilation_cache"))
+
+
 def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[str, RunResult]:
   """Train and/or evaluate every model of ``config.models`` in ``workdir/<name>``; ``workdir``
   is a local directory or a bucket (``gs://...``)."""
@@ -402,6 +414,7 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
     storage.write_bytes(workdir / "config.json",
                         config.to_json_best_effort(indent=2, sort_keys=True).encode())
 
+  use_compilation_cache(config.train.compilation_cache_dir, workdir)
   mesh = sharding.make_mesh(config.mesh)
   with Preemption(log) as preemption:  # outside the steps a signal raises Preempted
     data = data_lib.build(config.data, seed=config.seed, workdir=workdir,

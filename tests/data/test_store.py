@@ -153,7 +153,18 @@ def test_raw_corpora_are_prepared_once_into_the_workdir(tmp_path, shards):
 def test_bad_stores_and_inputs_are_named(tmp_path, shards, tok):
   raw, _ = shards
   out = tmp_path / "s"
-  preparation.prepare(f"{raw}/*", out, tok, log=lambda _: None)
+  prepared = preparation.prepare(f"{raw}/*", out, tok, log=lambda _: None)
+  prepared.verify()
+  damaged = bytearray((out / "shard-00002.bin").read_bytes())
+  damaged[10] ^= 1
+  (out / "shard-00002.bin").write_bytes(bytes(damaged))
+  with pytest.raises(DataError, match="shard-00002.bin does not match its checksum"):
+    store.TokenStore.open(out).verify()
+  manifest = json.loads((out / "manifest.json").read_text())
+  (out / "manifest.json").write_text(json.dumps(dict(manifest, vocab_size=70000)))
+  with pytest.raises(DataError, match="vocabulary of 70,000 does not fit its dtype uint16"):
+    store.TokenStore.open(out)
+  (out / "manifest.json").write_text(json.dumps(manifest))
   (out / "shard-00001.bin").write_bytes((out / "shard-00001.bin").read_bytes()[:-2])
   with pytest.raises(DataError, match="shard-00001.bin has .* bytes.*truncated"):
     store.TokenStore.open(out)
@@ -190,10 +201,10 @@ def test_the_prepare_command_trains_its_tokenizer_once_and_fails_clearly(tmp_pat
   raw, _ = shards
   command = [sys.executable, "-m", "mosaics_jax.data.prepare",
              f"--inputs={raw}/a.txt.gz,{raw}/d.txt", f"--output={tmp_path / 's'}",
-             "--tokenizer=sentencepiece:320", "--workers=2"]
+             "--tokenizer=sentencepiece:320", "--workers=2", "--verify"]
   done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
-  assert "tokens in 2 shards, uint16, vocabulary 320" in done.stdout
+  assert "tokens in 2 shards, uint16, vocabulary 320, checksums verified" in done.stdout
   saved = tokenizers.Tokenizer.load(str(tmp_path / "s" / "tokenizer.model"))
   assert store.TokenStore.open(tmp_path / "s").tokenizer_hash == saved.hash
   bad = subprocess.run(command[:3] + [f"--inputs={raw}/nothing*", f"--output={tmp_path / 'x'}",

@@ -230,3 +230,27 @@ def test_cluster_environment_detection(monkeypatch):
   monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
   monkeypatch.setenv("SLURM_NTASKS", "16")
   assert main._cluster_environment()
+
+
+def test_a_restarted_run_loads_its_executables_from_the_workdir_cache(tmp_path):
+  """train.compilation_cache_dir (default WORKDIR/compilation_cache): a resumed run finds the
+  executables its first run compiled."""
+  from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
+  previous = jax.config.jax_compilation_cache_dir
+  hits = []
+  listener = lambda event, **_: hits.append(event) if event.endswith("cache_hits") else None
+  jax.config.update("jax_compilation_cache_dir", None)  # as outside the tests: none set
+  compilation_cache.reset_cache()
+  jax.monitoring.register_event_listener(listener)
+  try:
+    trainer.train_and_evaluate(tiny(**{"train.num_steps": 2, "train.eval_every": 0}),
+                               str(tmp_path), mode="train")
+    cached = list((tmp_path / "compilation_cache").iterdir())
+    assert cached and not hits
+    trainer.train_and_evaluate(tiny(**{"train.num_steps": 4, "train.eval_every": 0}),
+                               str(tmp_path), mode="train")
+    assert hits  # the train step, and the rest, loaded instead of compiled
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+    jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
