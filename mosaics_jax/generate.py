@@ -76,7 +76,7 @@ def abstract_cache(model, batch_size: int, max_length: int):
   return jax.eval_shape(lambda: _empty_cache(model, batch_size, max_length))
 
 
-_SHARED_BY_ROWS = ("index", "positions")  # cache entries without a row axis
+_SHARED_BY_ROWS = ("index", "capacity", "positions")  # cache entries without a row axis
 
 
 def cache_shardings(cache, mesh):

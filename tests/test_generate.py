@@ -51,6 +51,16 @@ def test_cached_decoding_gives_the_logits_of_recomputation(built):
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5)
 
 
+def test_decoding_past_the_cache_is_an_error_naming_the_length(decoder):
+  """Before, position p went to slot p mod size: the oldest pairs were silently dropped."""
+  _, model, params = decoder
+  cache, step = generate.init_cache(model, 2, 8), _step(model)
+  _, variables = step(params, cache, TOKENS[:, :8], None)  # exactly full: fine
+  with pytest.raises(Exception, match=r"Decoding to 9 tokens, past the 8 .*max_length=9"):
+    logits, _ = step(params, variables["cache"], TOKENS[:, 8:9], None)
+    jax.block_until_ready(logits)
+
+
 def test_left_padded_batch_equals_each_prompt_alone(built):
   _, model, params = built
   prompts = [TOKENS[0, :9].tolist(), TOKENS[1, :4].tolist()]

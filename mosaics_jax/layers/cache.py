@@ -91,6 +91,17 @@ def read(queries, keys, values, segment_ids, chunk: Chunk, *, skip, window=None,
       query_scale=query_scale, bias=bias)
 
 
+class CacheOverflow(ValueError):
+  """Decoding past the length a cache was made for."""
+
+
+def _past_the_cache(end, capacity) -> None:
+  raise CacheOverflow(
+      f"Decoding to {int(end)} tokens, past the {int(capacity)} this decoding cache holds: "
+      f"create it for the whole sequence, generate.init_cache(model, batch, max_length="
+      f"{int(end)}) or more (prompt length + new tokens).")
+
+
 def start_chunk(module: nn.Module, segment_ids: jax.Array) -> tuple[Chunk, jax.Array]:
   """Model-level bookkeeping of a decoding chunk: where it sits, and the positions of its
   tokens inside their segments; advances the cached index. Call in the model's compact method."""
@@ -100,11 +111,19 @@ def start_chunk(module: nn.Module, segment_ids: jax.Array) -> tuple[Chunk, jax.A
                                  lambda: jnp.full((batch,), -1, jnp.int32))
   position_tail = module.variable("cache", "position_tail",
                                   lambda: jnp.full((batch,), -1, jnp.int32))
+  # The longest sequence the cache holds: the length ``model.init`` saw. Past it a full
+  # memory's slots would be overwritten (slot p mod size) while v2's beta(n) still counted
+  # the lost pairs, so going past it is an error.
+  capacity = module.variable("cache", "capacity", lambda: jnp.asarray(length, jnp.int32))
   chunk = Chunk(index.value + jnp.arange(length, dtype=jnp.int32), segment_tail.value)
   positions = segments.positions_in_segment(segment_ids, length, segment_tail.value,
                                             position_tail.value)
   if not module.is_initializing():
-    index.value = index.value + length
+    end = index.value + length
+    jax.lax.cond(end > capacity.value,
+                 lambda: jax.debug.callback(_past_the_cache, end, capacity.value),
+                 lambda: None)
+    index.value = end
     segment_tail.value = segment_ids[:, -1]
     position_tail.value = positions[:, -1]
   return chunk, positions

@@ -142,6 +142,7 @@ class GatedMemory(nn.Module):
   out_init: common.Initializer
   window: int | None = None
   use_bias: bool = False
+  out_bias: bool = False  # a bias on the output projection (LongShortMemory gives it to one level)
   dtype: Any = jnp.float32
   implementation: str | None = None
 
@@ -176,12 +177,14 @@ class GatedMemory(nn.Module):
                                segment_ids=segment_ids, query_scale=bandwidth,
                                implementation=self.implementation)
     out = nn.with_logical_constraint(out, axes.PER_HEAD)
-    return common.from_heads(width, init=self.out_init, use_bias=False, dtype=self.dtype,
-                             name="out")(out)
+    return common.from_heads(width, init=self.out_init, use_bias=self.out_bias,
+                             dtype=self.dtype, name="out")(out)
 
 
 class LongShortMemory(nn.Module):
-  """v2's contextual memory: W_o [LTM(x); STM(x)], written as W_long LTM(x) + W_short STM(x).
+  """v2's contextual memory: W_o [LTM(x); STM(x)] + b, written as W_long LTM(x) + W_short STM(x)
+  + b, with ``b`` (``use_bias``) held by the short-term level's projection (the long-term one's
+  without a short-term level).
 
   Either level can be left out (``short_term`` / ``long_term`` False), e.g. the paper's model
   without long-term memory.
@@ -206,9 +209,11 @@ class LongShortMemory(nn.Module):
     kwargs = dict(num_heads=self.num_heads, proj_init=self.proj_init, out_init=self.out_init,
                   use_bias=self.use_bias, dtype=self.dtype, implementation=self.implementation)
     if self.short_term:
-      out += GatedMemory(window=self.short_term_window, name="short_term", **kwargs)(
-          x, positions, segment_ids, skip=1, chunk=chunk)
+      out += GatedMemory(window=self.short_term_window, out_bias=self.use_bias,
+                         name="short_term", **kwargs)(x, positions, segment_ids, skip=1,
+                                                      chunk=chunk)
     if self.long_term:
-      out += GatedMemory(window=None, name="long_term", **kwargs)(
-          x, positions, segment_ids, skip=long_term_skip, chunk=chunk)
+      out += GatedMemory(window=None, out_bias=self.use_bias and not self.short_term,
+                         name="long_term", **kwargs)(x, positions, segment_ids,
+                                                     skip=long_term_skip, chunk=chunk)
     return nn.Dropout(self.residual_dropout)(out, deterministic)

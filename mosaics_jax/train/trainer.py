@@ -83,9 +83,17 @@ def make_loss(model):
   return loss_fn
 
 
+def _target_count(batch) -> jax.Array:
+  """Target tokens the loss averages over (targets < 0 are ignored), at least 1."""
+  return jnp.maximum(jnp.sum(batch["targets"] >= 0).astype(jnp.float32), 1.0)
+
+
 def make_train_step(model, optimizer, schedule, accumulation: int, seed: int):
-  """(state, batch) -> (state, metrics). Gradients are averaged over ``accumulation``
-  micro-batches; a step with a non-finite loss or gradient leaves the state unchanged."""
+  """(state, batch) -> (state, metrics). With ``accumulation`` micro-batches, each one's summed
+  token loss is divided by the whole batch's target count, so that every target token weighs
+  the same and the step is the whole batch's (micro-batches may hold different numbers of
+  targets: ignored separators, padding). A step with a non-finite loss or gradient leaves the
+  state unchanged."""
   loss_fn = make_loss(model)
 
   def step(state, batch):
@@ -95,16 +103,19 @@ def make_train_step(model, optimizer, schedule, accumulation: int, seed: int):
     else:
       micro = jax.tree_util.tree_map(
           lambda x: x.reshape(accumulation, x.shape[0] // accumulation, *x.shape[1:]), batch)
+      total_count = _target_count(batch)
+
+      def share(params, micro_batch, micro_key):  # sum of its token losses / all targets
+        return loss_fn(params, micro_batch, micro_key) * _target_count(micro_batch) / total_count
 
       def accumulate(carry, inputs):
         index, micro_batch = inputs
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, micro_batch,
-                                                  jax.random.fold_in(key, index))
+        loss, grads = jax.value_and_grad(share)(state.params, micro_batch,
+                                                jax.random.fold_in(key, index))
         return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
 
       zeros = (jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, state.params))
-      total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro))
-      loss, grads = jax.tree_util.tree_map(lambda x: x / accumulation, total)
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accumulation), micro))
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

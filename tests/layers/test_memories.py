@@ -100,6 +100,16 @@ def test_long_short_memory_levels():
   np.testing.assert_allclose(out + long_part, both, atol=1e-5)
 
 
+def test_use_bias_gives_the_v2_output_projection_one_bias():
+  kwargs = dict(num_heads=H, short_term_window=4, use_bias=True, **INIT)
+  params, _ = _apply(LongShortMemory(**kwargs), X, POSITIONS, None, 3)
+  assert "bias" in params["short_term"]["out"] and "bias" not in params["long_term"]["out"]
+  params, _ = _apply(LongShortMemory(short_term=False, **kwargs), X, POSITIONS, None, 3)
+  assert "bias" in params["long_term"]["out"]
+  params, _ = _apply(LongShortMemory(**dict(kwargs, use_bias=False)), X, POSITIONS, None, 3)
+  assert all("bias" not in level["out"] for level in params.values())
+
+
 def test_feed_forward_memories():
   inits = dict(in_init=common.normal(0.1), out_init=common.normal(0.1))
   params, out = _apply(FeedForward(48, **inits), X)

@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import quickstart
+from mosaics_jax import models
 from mosaics_jax.data import DataError
 from mosaics_jax.train import checkpoint, metrics, trainer
 from mosaics_jax.train.config import ConfigError
@@ -254,3 +257,25 @@ def test_a_restarted_run_loads_its_executables_from_the_workdir_cache(tmp_path):
     jax.monitoring.unregister_event_listener(listener)
     jax.config.update("jax_compilation_cache_dir", previous)
     compilation_cache.reset_cache()
+
+
+def test_accumulated_steps_weigh_every_target_token_equally():
+  """Micro-batches with different numbers of targets (ignored separators, padding): the
+  accumulated step is the whole batch's. Averaging micro-batch means (before) was not."""
+  model = models.build_model(models.model_config(
+      "mosaic_v1_gpt2_small", num_layers=1, embed_dim=16, num_heads=2, vocab_size=64,
+      persistent_slots=8, context_length=16, persistent_dropout=0.0, residual_dropout=0.0))
+  params = models.init_params(model, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (4, 17), 0, 64)
+  targets = np.array(tokens[:, 1:])
+  targets[:2, 3:] = -1  # the first micro-batch keeps 3 targets a row, the second all 16
+  batch = {"inputs": tokens[:, :-1], "targets": jnp.asarray(targets)}
+  sgd = optax.sgd(1.0)
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), params, sgd.init(params))
+  results = {}
+  for accumulation in (1, 2):
+    step = trainer.make_train_step(model, sgd, lambda _: 1.0, accumulation, seed=0)
+    results[accumulation] = jax.jit(step)(state, batch)
+  assert abs(float(results[1][1]["loss"]) - float(results[2][1]["loss"])) < 1e-5
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
+                         results[1][0].params, results[2][0].params)
