@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from mosaics_jax import models, storage
 from mosaics_jax.data import store, tokenizer as tokenizers
+from mosaics_jax.train import sharding
 
 policies = ocp.checkpoint_managers
 
@@ -122,9 +123,14 @@ class Run:
   step: int
 
 
-def load_run(workdir, name: str, step: int | None = None) -> Run:
+def load_run(workdir, name: str, step: int | None = None, mesh=None) -> Run:
   """The model ``name`` of the experiment in ``workdir`` (local or a bucket): its config, the
-  parameters of its latest (or ``step``) checkpoint, and the experiment's tokenizer."""
+  parameters of its latest (or ``step``) checkpoint, and the experiment's tokenizer.
+
+  Only the parameters are read (the optimizer's moments, twice their size, stay on disk),
+  straight into their place: sharded over ``mesh`` by the training rules
+  (``train/sharding.py``; any mesh, not only the one trained on), else on the default device.
+  """
   workdir = storage.path(workdir)
   run_dir = workdir / name
   config_path = run_dir / "model_config.json"
@@ -138,11 +144,22 @@ def load_run(workdir, name: str, step: int | None = None) -> Run:
   if step is None:
     raise CheckpointError(f"{run_dir} has no checkpoint yet.")
   state_dir = run_dir / "checkpoints" / str(step) / "state"
+  abstract = models.abstract_params(model)
+  if mesh is None:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree_util.tree_map(lambda _: one, abstract)
+  else:
+    shardings = sharding.logical_to_shardings(models.logical_axes(model), abstract, mesh)
+  target = {"params": jax.tree_util.tree_map(
+      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract,
+      shardings)}
   try:
-    state = ocp.StandardCheckpointer().restore(state_dir)
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
   except Exception as error:  # orbax raises many types for damaged files
-    raise CheckpointError(f"Cannot read {state_dir}: {error}") from error
-  return Run(model, state["params"], _tokenizer(workdir), step)
+    raise CheckpointError(f"Cannot read the parameters in {state_dir}: {error}") from error
+  return Run(model, restored["params"], _tokenizer(workdir), step)
 
 
 def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:

@@ -16,7 +16,7 @@ import pytest
 from experiments.configs import quickstart
 from mosaics_jax import models
 from mosaics_jax.data import DataError
-from mosaics_jax.train import checkpoint, metrics, trainer
+from mosaics_jax.train import checkpoint, metrics, sharding, trainer
 from mosaics_jax.train.config import ConfigError
 from tests.train import logs
 
@@ -96,6 +96,15 @@ def test_resume_on_another_mesh(tmp_path):
   trainer.train_and_evaluate(other_mesh, str(tmp_path / "b"), mode="train")
   a, b = final_params(tmp_path / "a" / "mosaic"), final_params(tmp_path / "b" / "mosaic")
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-4), a[1], b[1])
+  # Parameters only, straight onto another mesh or one device: the same logits.
+  tokens = jnp.asarray(np.arange(64).reshape(2, 32) % 50)
+  runs = [checkpoint.load_run(tmp_path / "b", "mosaic"),
+          checkpoint.load_run(tmp_path / "b", "mosaic", mesh=sharding.make_mesh(
+              {"data": 1, "fsdp": 8, "tensor": 1}))]
+  embedding = runs[1].params["token_embed"]["embedding"]
+  assert len(embedding.sharding.device_set) == 8 and embedding.sharding.spec != (None, None)
+  logits = [jax.jit(run.model.apply)({"params": run.params}, tokens) for run in runs]
+  np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
   other_data = tiny(**{"train.num_steps": 12,
                        "data.train_files": "package:tinystories/*.txt"})
   with pytest.raises(checkpoint.CheckpointError, match="was trained on other data"):
