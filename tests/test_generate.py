@@ -51,9 +51,10 @@ def test_cached_decoding_gives_the_logits_of_recomputation(built):
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5)
 
 
-def test_decoding_past_the_cache_is_an_error_naming_the_length(decoder):
-  """Before, position p went to slot p mod size: the oldest pairs were silently dropped."""
-  _, model, params = decoder
+def test_decoding_past_the_cache_is_an_error_naming_the_length():
+  """Before, position p went to slot p mod size: the oldest pairs were silently dropped (v2:
+  its full long-term cache; the check is the models' shared ``cache.start_chunk``)."""
+  _, model, params = _build("mosaic_v2_gpt2_small")
   cache, step = generate.init_cache(model, 2, 8), _step(model)
   _, variables = step(params, cache, TOKENS[:, :8], None)  # exactly full: fine
   with pytest.raises(Exception, match=r"Decoding to 9 tokens, past the 8 .*max_length=9"):
