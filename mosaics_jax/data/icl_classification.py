@@ -33,14 +33,12 @@ import collections
 import dataclasses
 import functools
 import re
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mosaics_jax.data import corpus
-
-if TYPE_CHECKING:
-  from mosaics_jax.data import Data
+from mosaics_jax.data.pipeline import Data
+from mosaics_jax.data.text_data import documents_data
 
 LABEL_KINDS = ("semantic", "anonymous")
 WORD_SOURCE = "package:tinystories/train.txt"
@@ -219,9 +217,6 @@ def icl_classification_data(config, *, seed: int, workdir: str, process_index: i
   any corpus. ``config.data.icl`` holds the task (classes, prototype_words, example_words,
   noise, vocabulary_words) and the documents (max_shots, semantic_fraction, train_episodes,
   validation_episodes)."""
-  # The package __init__ imports this module, so its documents_data is imported on use.
-  from mosaics_jax.data import documents_data  # pylint: disable=import-outside-toplevel
-
   if "icl" not in config:
     raise corpus.DataError("data.source='icl_classification' needs a config.data.icl section "
                            "(see experiments/configs/icl_classification.py).")

@@ -1,6 +1,6 @@
 """Tokenizing a corpus once into a token store (``data/store.py``), shard by shard: the
 library behind ``python -m mosaics_jax.data.prepare`` and the automatic preparation of raw
-corpora in ``data/__init__.py``.
+corpora in ``data/text_data.py``.
 
 Each input file becomes one shard, written whole (its record last), so a prepare that was
 killed and is run again skips the finished shards and redoes the rest; memory stays at one

@@ -24,9 +24,14 @@ draws different (statistically equivalent) automata than the paper's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 
+
 import numpy as np
+
+from mosaics_jax.data import pipeline
+from mosaics_jax.data.pipeline import Data
 
 PAD, SEPARATOR, VOCAB_SIZE = 0, 19, 20
 LETTERS = np.arange(1, 19)
@@ -243,3 +248,24 @@ class InstanceBatches:
     mine = members[self.process_index * local:(self.process_index + 1) * local]
     pairs = [training_pair(self.instances[i], width) for i in mine]
     return {"inputs": np.stack([p[0] for p in pairs]), "targets": np.stack([p[1] for p in pairs])}
+
+
+def regbench_data(config, *, seed: int, workdir: str, process_index: int = 0,
+                  process_count: int = 1) -> Data:
+  """RegBench: N training automata, validation loss on held-out ones (``data/regbench.py``)."""
+  del workdir
+  splits = make_splits(config.regbench_train_pfas, seed, config.regbench_eval_pfas)
+  batches = InstanceBatches(splits["train"].instances, config.batch_size, seed,
+                                     bucket=config.regbench_bucket, process_index=process_index,
+                                     process_count=process_count)
+  validation = InstanceBatches(splits["validation"].instances, config.batch_size, seed,
+                                        bucket=config.regbench_bucket,
+                                        process_index=process_index,
+                                        process_count=process_count, shuffle=False)
+  count = min(config.eval_batches, len(splits["validation"].instances) // config.batch_size)
+  description = (f"RegBench: {config.regbench_train_pfas:,} training automata (one instance "
+                 f"each), {len(splits['test'].pfas)} test and {len(splits['validation'].pfas)} "
+                 "validation automata")
+  return Data(functools.partial(pipeline.train_iterator, batches, config.num_workers),
+              [validation(g) for g in range(max(count, 1))], VOCAB_SIZE, None,
+              description, extras={"regbench": splits, "bucket": config.regbench_bucket})

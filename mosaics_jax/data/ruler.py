@@ -53,6 +53,7 @@ import numpy as np
 
 from mosaics_jax.data import corpus
 from mosaics_jax.data.corpus import DataError
+from mosaics_jax.data.text_data import documents_data
 
 TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe",
          "fwe", "qa")
@@ -413,8 +414,6 @@ def ruler_data(config, *, seed: int, workdir: str, process_index: int = 0,
                process_count: int = 1):
   """The ``ruler`` data source: generated training and validation documents, tokenized and
   packed by ``documents_data`` (config: the ``data`` section, with a ``ruler`` sub-section)."""
-  from mosaics_jax.data import documents_data  # pylint: disable=import-outside-toplevel
-
   if "ruler" not in config:
     raise DataError("config.data.source='ruler' needs a config.data.ruler section: add "
                     "config.data.ruler = mosaics_jax.data.ruler.config_section() before locking.")
