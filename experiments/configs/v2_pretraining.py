@@ -7,7 +7,7 @@ about 800 GB for 200B tokens), then train on them from every host:
         --output=gs://BUCKET/mix-llama3/train --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model
     python -m mosaics_jax.data.prepare --inputs='gs://BUCKET/mix/val-*.jsonl.zst' \
         --output=gs://BUCKET/mix-llama3/val --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model
-    python -m mosaics_jax.main --config=v2_pretraining:small,pod=v5p-128 \
+    python -m mosaics_jax.main --config=experiments/configs/v2_pretraining.py:small,pod=v5p-128 \
         --workdir=gs://BUCKET/v2_small --config.data.train_files=gs://BUCKET/mix-llama3/train \
         --config.data.validation_files=gs://BUCKET/mix-llama3/val \
         --config.data.tokenizer.model_file=tiktoken:llama3=gs://BUCKET/llama3.model
