@@ -190,6 +190,7 @@ def _tokenizer(workdir):
       if (directory / "tokenizer.model").exists():
         return tokenizers.Tokenizer.load(str(directory / "tokenizer.model"))
   trained = sorted(str(p) for p in (workdir / "data").glob("tokenizer-*.model"))
-  if len(trained) > 1:
+  # A workdir from before the token stores holds the same model under its old name too.
+  if len({storage.path(p).read_bytes() for p in trained}) > 1:
     raise CheckpointError(f"Several tokenizers in {workdir}/data: {trained}; keep one.")
   return tokenizers.Tokenizer.load(trained[0]) if trained else None

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import quickstart
-from mosaics_jax import models
+from mosaics_jax import models, storage
 from mosaics_jax.data import DataError
 from mosaics_jax.train import checkpoint, metrics, sharding, trainer
 from mosaics_jax.train.config import ConfigError
@@ -288,3 +288,18 @@ def test_accumulated_steps_weigh_every_target_token_equally():
   assert abs(float(results[1][1]["loss"]) - float(results[2][1]["loss"])) < 1e-5
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6),
                          results[1][0].params, results[2][0].params)
+
+
+def test_a_runs_tokenizer_is_found_in_old_and_new_workdirs(tmp_path):
+  """Workdirs from before the token stores keep the same model under two names: fine;
+  two different tokenizers are ambiguous."""
+  from mosaics_jax.data import corpus, tokenizer as tokenizers  # pylint: disable=import-outside-toplevel
+  documents = corpus.read_documents("package:tinystories/validation.txt")
+  first, second = (tokenizers.train_tokenizer(documents, size) for size in (330, 340))
+  (tmp_path / "data").mkdir()
+  first.save(tmp_path / "data" / "tokenizer-old.model")
+  first.save(tmp_path / "data" / "tokenizer-new.model")
+  assert checkpoint._tokenizer(storage.path(tmp_path)).hash == first.hash  # pylint: disable=protected-access
+  second.save(tmp_path / "data" / "tokenizer-other.model")
+  with pytest.raises(checkpoint.CheckpointError, match="Several tokenizers"):
+    checkpoint._tokenizer(storage.path(tmp_path))  # pylint: disable=protected-access
