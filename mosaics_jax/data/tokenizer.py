@@ -231,8 +231,11 @@ def train_tokenizer(documents: Sequence[str], vocab_size: int, model_type: str =
         max_sentence_length=1 << 16, num_threads=num_threads,
         minloglevel=2)
   except RuntimeError as error:
+    # Too large for the corpus's text, or too small for its characters: SentencePiece says
+    # which ("too high" / "smaller than required_chars").
+    fix = "raise" if "smaller than required" in str(error) else "lower"
     raise DataError(f"SentencePiece could not train a {vocab_size}-token vocabulary on this "
-                    f"corpus ({error}); lower config.data.tokenizer.vocab_size.") from error
+                    f"corpus ({error}); {fix} config.data.tokenizer.vocab_size.") from error
   return Tokenizer(model.getvalue())
 
 

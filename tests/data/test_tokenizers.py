@@ -90,3 +90,10 @@ def test_missing_and_bad_tokenizer_files_say_where_they_come_from(tmp_path):
   (tmp_path / "x.json").write_text("{}")
   with pytest.raises(DataError, match="Not a Hugging Face tokenizer.json"):
     tokenizers.load(str(tmp_path / "x.json"))
+
+
+def test_a_vocabulary_sentencepiece_cannot_train_says_which_way_to_go():
+  with pytest.raises(DataError, match="raise config.data.tokenizer.vocab_size"):
+    tokenizers.train_tokenizer(DOCS, 300)  # fewer ids than the corpus has characters
+  with pytest.raises(DataError, match="lower config.data.tokenizer.vocab_size"):
+    tokenizers.train_tokenizer(DOCS[:5], 5000)
