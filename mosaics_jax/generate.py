@@ -66,9 +66,26 @@ def _empty_cache(model, batch_size: int, max_length: int):
   return model.init(jax.random.key(0), tokens, decode=True)["cache"]
 
 
-def init_cache(model, batch_size: int, max_length: int):
-  """An empty decoding cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
-  return jax.jit(lambda: _empty_cache(model, batch_size, max_length))()
+def init_cache(model, batch_size: int, max_length: int, mesh=None):
+  """An empty decoding cache for ``batch_size`` sequences of up to ``max_length`` tokens;
+  with ``mesh``, born split over it like a batch (``cache_shardings``)."""
+  make = lambda: _empty_cache(model, batch_size, max_length)
+  if mesh is None:
+    return jax.jit(make)()
+  shardings = cache_shardings(abstract_cache(model, batch_size, max_length), mesh)
+  return jax.jit(make, out_shardings=shardings)()
+
+
+def _rows_on(mesh, *arrays):
+  """Host arrays of rows placed on ``mesh`` (split like a batch where the rows divide over
+  its batch axes, else replicated); unchanged without a mesh."""
+  if mesh is None:
+    return arrays
+  rows = arrays[0].shape[0]
+  placement = (sharding.batch_sharding(mesh)
+               if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0
+               else NamedSharding(mesh, PartitionSpec()))
+  return tuple(jax.device_put(array, placement) for array in arrays)
 
 
 def abstract_cache(model, batch_size: int, max_length: int):
@@ -178,12 +195,14 @@ def until_token(tokens: Sequence[int], stop: int) -> list[int]:
 
 def sample(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            rng: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           use_cache: bool = True) -> list[list[int]]:
-  """Continue each prompt by ``max_new_tokens`` sampled tokens."""
-  tokens, segments = left_pad(prompts)
+           use_cache: bool = True, mesh=None) -> list[list[int]]:
+  """Continue each prompt by ``max_new_tokens`` sampled tokens. With ``mesh`` (``params``
+  sharded on it, e.g. by ``checkpoint.load_run(..., mesh=mesh)``), the prompts and the
+  decoding cache are split over it like a batch, and the steps run there."""
+  tokens, segments = _rows_on(mesh, *left_pad(prompts))
   kwargs = dict(steps=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
   if use_cache:
-    cache = init_cache(model, len(prompts), tokens.shape[1] + max_new_tokens)
+    cache = init_cache(model, len(prompts), tokens.shape[1] + max_new_tokens, mesh)
     out = sample_with_cache(model, params, cache, tokens, segments, rng, **kwargs)
   else:
     out = sample_recomputing(model, params, tokens, segments, rng, **kwargs)
@@ -232,14 +251,14 @@ def _beam_search(model, params, cache, tokens, segments, *, beams, steps, eos_id
 
 
 def beam_search(model, params, prompts: Sequence[Sequence[int]], *, beam_size: int,
-                max_new_tokens: int, eos_id: int | None = None,
-                length_penalty: float = 0.0) -> list[list[tuple[list[int], float]]]:
+                max_new_tokens: int, eos_id: int | None = None, length_penalty: float = 0.0,
+                mesh=None) -> list[list[tuple[list[int], float]]]:
   """The ``beam_size`` best continuations of each prompt, best first, as (tokens, score).
 
   Score: total log-probability / length ** ``length_penalty``; a beam that emits ``eos_id``
-  stops there (its tokens end with it)."""
-  tokens, segments = left_pad([p for p in prompts for _ in range(beam_size)])
-  cache = init_cache(model, tokens.shape[0], tokens.shape[1] + max_new_tokens)
+  stops there (its tokens end with it). ``mesh`` as in ``sample``."""
+  tokens, segments = _rows_on(mesh, *left_pad([p for p in prompts for _ in range(beam_size)]))
+  cache = init_cache(model, tokens.shape[0], tokens.shape[1] + max_new_tokens, mesh)
   scores, out, lengths = jax.device_get(_beam_search(
       model, params, cache, tokens, segments, beams=beam_size, steps=max_new_tokens,
       eos_id=eos_id))
@@ -267,11 +286,16 @@ def main(argv) -> None:
 
   cli.quiet_logging()
   values = flags.FLAGS
-  run = checkpoint.load_run(values.workdir, values.model)
+  mesh = None
+  if values.mesh:
+    data, fsdp, tensor = (int(x) for x in values.mesh)
+    mesh = sharding.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor})
+  run = checkpoint.load_run(values.workdir, values.model, mesh=mesh)
   prompts = [[run.tokenizer.eot_id] + ids for ids in run.tokenizer.encode(values.prompt)]
   if values.beam_size:
     ranked = beam_search(run.model, run.params, prompts, beam_size=values.beam_size,
-                         max_new_tokens=values.max_new_tokens, eos_id=run.tokenizer.eot_id)
+                         max_new_tokens=values.max_new_tokens, eos_id=run.tokenizer.eot_id,
+                         mesh=mesh)
     for prompt, beams in zip(values.prompt, ranked):
       print(f"# {prompt}")
       for tokens, score in beams:
@@ -279,7 +303,8 @@ def main(argv) -> None:
     return
   continuations = sample(run.model, run.params, prompts, max_new_tokens=values.max_new_tokens,
                          rng=jax.random.key(values.seed), temperature=values.temperature,
-                         top_k=values.top_k, top_p=values.top_p, use_cache=not values.no_cache)
+                         top_k=values.top_k, top_p=values.top_p, use_cache=not values.no_cache,
+                         mesh=mesh)
   for prompt, tokens in zip(values.prompt, continuations):
     print(f"{prompt}{run.tokenizer.decode(tokens)}\n")
 
@@ -297,5 +322,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("beam_size", 0, "> 0: beam search instead of sampling.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_bool("no_cache", False, "Recompute the whole sequence at every step.")
+  flags.DEFINE_list("mesh", [], "DATA,FSDP,TENSOR: parameters and rows sharded over a mesh of "
+                    "the devices, as in training (-1: the rest); empty: one device.")
   flags.mark_flags_as_required(["workdir", "model"])
   app.run(main)

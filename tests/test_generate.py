@@ -167,3 +167,26 @@ def test_fixed_width_batches_decode_as_generate_sample():
 def test_until_token():
   assert generate.until_token([5, 6, 2, 7, 2], stop=2) == [5, 6]
   assert generate.until_token([5, 6], stop=2) == [5, 6]
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 4, 1), (1, 2, 4)])
+def test_sampling_and_beam_search_on_a_mesh_equal_one_device(mesh_shape):
+  """Parameters sharded by the training rules, prompts and cache split like a batch."""
+  from mosaics_jax.train import sharding  # pylint: disable=import-outside-toplevel
+  _, model, params = _build("mosaic_v2_gpt2_small")
+  mesh = sharding.make_mesh(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
+  on_mesh = jax.device_put(params, sharding.logical_to_shardings(
+      models.logical_axes(model), params, mesh))
+  cache = generate.init_cache(model, 8, 16, mesh)
+  rows = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+          if getattr(path[-1], "key", "") == "keys"]
+  assert rows and all(leaf.sharding.spec[0] is not None for leaf in rows)  # split by rows
+  prompts = [TOKENS[0, :5].tolist(), TOKENS[1, :3].tolist()]
+  greedy = dict(max_new_tokens=6, rng=jax.random.key(0), temperature=0.0)
+  assert (generate.sample(model, on_mesh, prompts, mesh=mesh, **greedy) ==
+          generate.sample(model, params, prompts, **greedy))
+  beams = dict(beam_size=2, max_new_tokens=4)
+  mine, alone = (generate.beam_search(model, on_mesh, prompts, mesh=mesh, **beams),
+                 generate.beam_search(model, params, prompts, **beams))
+  assert [[tokens for tokens, _ in ranked] for ranked in mine] == [
+      [tokens for tokens, _ in ranked] for ranked in alone]
