@@ -30,9 +30,10 @@ baseline shares sizes and recipe (RoPE, SwiGLU, multi-head attention).
 
 Expected result (v2 paper Tables 1-2): parity with the transformer on persistent-knowledge
 benchmarks at equal training tokens; the gains show on new-knowledge and in-context tasks.
-``:cpu`` (2 blocks, d 128, context 256, h 32, m in [8, 32], 150 steps; 1 min 32 s on 2 CPU
-cores, measured 2026-11-22): validation loss 3.63 for Memory Mosaic v2, 3.73 for the Llama-style
-transformer.
+``:cpu`` (2 blocks, d 128, context 256, h 32, m in [8, 32], 150 steps; 1 min 48 s on 2 CPU
+cores, measured 2026-12-06 on the token-store path, whose documents packing orders windows by
+grain's index_shuffle): validation loss 3.62 for Memory Mosaic v2, 3.75 for the Llama-style
+transformer (3.63 and 3.73 with the earlier window order, 2026-11-22).
 """
 
 from experiments import layouts
