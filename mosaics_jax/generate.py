@@ -81,10 +81,7 @@ def _rows_on(mesh, *arrays):
   its batch axes, else replicated); unchanged without a mesh."""
   if mesh is None:
     return arrays
-  rows = arrays[0].shape[0]
-  placement = (sharding.batch_sharding(mesh)
-               if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0
-               else NamedSharding(mesh, PartitionSpec()))
+  placement = _rows_sharding(mesh, arrays[0].shape[0])
   return tuple(jax.device_put(array, placement) for array in arrays)
 
 
@@ -96,15 +93,20 @@ def abstract_cache(model, batch_size: int, max_length: int):
 _SHARED_BY_ROWS = ("index", "capacity", "positions")  # cache entries without a row axis
 
 
+def _rows_sharding(mesh, rows: int) -> NamedSharding:
+  """Rows split like a batch where the mesh's batch axes divide them, else replicated."""
+  if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+    return sharding.batch_sharding(mesh)
+  return NamedSharding(mesh, PartitionSpec())
+
+
 def cache_shardings(cache, mesh):
   """NamedShardings for a cache on ``mesh``: rows (sequences) split like a batch where the
   batch axes divide them; the step counter and slot positions, shared by all rows, replicated."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-
   def pick(path, leaf):
-    by_rows = (getattr(path[-1], "key", "") not in _SHARED_BY_ROWS and leaf.ndim
-               and leaf.shape[0] % shards == 0)
-    return sharding.batch_sharding(mesh) if by_rows else NamedSharding(mesh, PartitionSpec())
+    if getattr(path[-1], "key", "") in _SHARED_BY_ROWS or not leaf.ndim:
+      return NamedSharding(mesh, PartitionSpec())
+    return _rows_sharding(mesh, leaf.shape[0])
 
   return jax.tree_util.tree_map_with_path(pick, cache)
 

@@ -32,7 +32,8 @@ CHUNK = 1024  # documents tokenized at a time
 SAMPLE = 300_000  # documents a SentencePiece model is trained on
 
 
-def _source(path: str) -> dict:
+def source_record(path: str) -> dict:
+  """What a shard is made from: the input file's path, size and modification time."""
   stat = storage.path(path).stat()
   return {"source": path, "source_bytes": int(stat.length), "source_mtime": int(stat.mtime)}
 
@@ -46,10 +47,9 @@ def _finished(output, index: int, source: dict, tokenizer_hash: str) -> dict | N
   same = all(record.get(k) == v for k, v in source.items())
   if not same or record.get("tokenizer_hash") != tokenizer_hash:
     return None
-  binary = storage.path(output) / record["name"]
-  itemsize = np.dtype(record["dtype"]).itemsize
-  if not binary.with_suffix(".bin").exists() or (
-      binary.with_suffix(".bin").stat().length != record["tokens"] * itemsize):
+  binary = storage.path(output) / f"{record['name']}.bin"
+  if not binary.exists() or (
+      binary.stat().length != record["tokens"] * np.dtype(record["dtype"]).itemsize):
     return None
   return record
 
@@ -100,7 +100,7 @@ def write_shard(documents: Iterable[str], output, index: int, tokenizer, source:
 def _prepare_file(task) -> dict:
   index, path, output, tokenizer, fmt, text_field = task
   return write_shard(corpus.iter_documents(path, fmt, text_field), output, index, tokenizer,
-                     _source(path))
+                     source_record(path))
 
 
 def write_manifest(output, records: list[dict], tokenizer) -> store_lib.TokenStore:
@@ -137,9 +137,9 @@ def resolve_tokenizer(spec: str, paths: list[str], fmt: str, text_field: str, ou
   """A tokenizer from ``--tokenizer``: a ``tokenizer.load`` spec, or ``sentencepiece:VOCAB``
   (trained once and saved with the store)."""
   if spec.startswith("sentencepiece:"):
-    saved = storage.path(output) / "tokenizer.model"
-    if saved.exists():
-      return tokenizers.Tokenizer.load(str(saved))
+    saved = store_lib.saved_tokenizer(output)
+    if saved is not None:
+      return saved
     try:
       vocab_size = int(spec.split(":", 1)[1])
     except ValueError as error:
@@ -147,7 +147,7 @@ def resolve_tokenizer(spec: str, paths: list[str], fmt: str, text_field: str, ou
                       "sentencepiece:32000.") from error
     tokenizer = tokenizers.train_tokenizer(sample_documents(paths, fmt, text_field), vocab_size,
                                            model_type, num_threads=os.cpu_count() or 1)
-    tokenizer.save(saved)
+    tokenizer.save(store_lib.directory_of(output) / store_lib.TOKENIZER)
     return tokenizer
   return tokenizers.load(spec)
 
@@ -167,7 +167,7 @@ def prepare(inputs: str, output, tokenizer, *, fmt: str = "auto", text_field: st
   records: dict[int, dict] = {}
   todo = []
   for index, path in enumerate(paths):
-    done = _finished(output, index, _source(path), tokenizer.hash)
+    done = _finished(output, index, source_record(path), tokenizer.hash)
     if done is None:
       todo.append((index, path, str(output), tokenizer, fmt, text_field))
     else:

@@ -26,10 +26,12 @@ import json
 import numpy as np
 
 from mosaics_jax import storage
+from mosaics_jax.data import tokenizer as tokenizers
 from mosaics_jax.data.corpus import DataError
 
 FORMAT = "mosaics_jax.token_store.v1"
 MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"  # the SentencePiece model prepare trained, saved with its store
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -38,6 +40,19 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 def shard_name(index: int) -> str:
   return f"shard-{index:05d}"
+
+
+def directory_of(location):
+  """The directory of a store given as its directory or its manifest."""
+  path = storage.path(location.strip() if isinstance(location, str) else location)
+  return path.parent if path.name == MANIFEST else path
+
+
+def saved_tokenizer(location):
+  """The tokenizer saved with the store at ``location`` (``prepare
+  --tokenizer=sentencepiece:VOCAB``), or None."""
+  path = directory_of(location) / TOKENIZER
+  return tokenizers.Tokenizer.load(str(path)) if path.exists() else None
 
 
 def is_store(location: str) -> bool:
@@ -68,8 +83,7 @@ class TokenStore:
 
   @classmethod
   def open(cls, location) -> "TokenStore":
-    path = storage.path(location)
-    directory = path.parent if path.name == MANIFEST else path
+    directory = directory_of(location)
     try:
       manifest = json.loads((directory / MANIFEST).read_text())
     except FileNotFoundError as error:

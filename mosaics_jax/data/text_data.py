@@ -38,7 +38,8 @@ def _tokenizer(config, cache) -> tokenizers.Tokenizer | None:
   if store.is_store(config.train_files) or config.train_files.strip().endswith(".bin"):
     return None
   paths = corpus.resolve_paths(config.train_files)
-  key = tokenizers.fingerprint([], files=_file_stats(paths), vocab_size=config.tokenizer.vocab_size,
+  key = tokenizers.fingerprint([], files=_file_stats(paths),
+                               vocab_size=config.tokenizer.vocab_size,
                                model_type=config.tokenizer.model_type, format=config.format,
                                text_field=config.text_field)
   path = cache / f"tokenizer-{key}.model"
@@ -51,9 +52,10 @@ def _tokenizer(config, cache) -> tokenizers.Tokenizer | None:
   return tok
 
 
-def _file_stats(paths: list[str]) -> list:
-  return [[p, int(storage.path(p).stat().length), int(storage.path(p).stat().mtime)]
-          for p in paths]
+def _file_stats(paths: list[str]) -> list[dict]:
+  """The files' names, sizes and modification times: the cache key of raw corpora (their
+  text is not read to find a prepared store again)."""
+  return [preparation.source_record(p) for p in paths]
 
 
 def _token_store(files: str, config, cache, split: str, tok):
@@ -61,8 +63,7 @@ def _token_store(files: str, config, cache, split: str, tok):
   if store.is_store(files):
     found = store.TokenStore.open(files.strip())
     if tok is None:
-      saved = storage.path(found.directory) / "tokenizer.model"
-      tok = tokenizers.Tokenizer.load(str(saved)) if saved.exists() else None
+      tok = store.saved_tokenizer(found.directory)
     if tok is not None and found.tokenizer_hash and tok.hash != found.tokenizer_hash:
       raise DataError(f"{files} was prepared with tokenizer {found.tokenizer_hash}, but "
                       f"config.data.tokenizer gives {tok.hash}; use the store's tokenizer "
@@ -74,7 +75,7 @@ def _token_store(files: str, config, cache, split: str, tok):
   key = tokenizers.fingerprint([], files=_file_stats(paths), tokenizer=tok.hash,
                                format=config.format, text_field=config.text_field)
   return preparation.prepare(files, cache / f"{split}-{key}", tok, fmt=config.format,
-                         text_field=config.text_field, workers=1, log=lambda _: None), tok
+                             text_field=config.text_field, workers=1, log=lambda _: None), tok
 
 
 def _stores_data(train, validation, config, tok, seed, process_index, process_count) -> Data:
@@ -112,8 +113,8 @@ def documents_data(train_documents: list[str], validation_documents: list[str], 
     directory = cache / f"{split}-{key}"
     if not store.is_store(str(directory)):
       source = {"source": f"generated:{split}-{key}", "source_bytes": 0, "source_mtime": 0}
-      preparation.write_manifest(directory, [preparation.write_shard(documents, directory, 0, tok,
-                                                             source)], tok)
+      shard = preparation.write_shard(documents, directory, 0, tok, source)
+      preparation.write_manifest(directory, [shard], tok)
     stores.append(store.TokenStore.open(directory))
   data = _stores_data(*stores, config, tok, seed, process_index, process_count)
   if description:

@@ -34,6 +34,12 @@ from mosaics_jax.data.corpus import DataError
 MODEL_TYPES = ("unigram", "bpe")
 
 
+def _known_ids(ids, vocab_size: int) -> list[int]:
+  """``ids`` as a flat list without the ones outside the vocabulary (the model's padded rows,
+  ignored targets), which every decoder would reject."""
+  return [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < vocab_size]
+
+
 class Tokenizer:
   """A thin wrapper: ``encode`` texts to id lists, ``decode`` ids, ``eot_id``, ``vocab_size``."""
 
@@ -71,8 +77,7 @@ class Tokenizer:
     return self._sp.encode(list(texts))
 
   def decode(self, ids) -> str:
-    ids = [int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < self.vocab_size]
-    return self._sp.decode(ids)
+    return self._sp.decode(_known_ids(ids, self.vocab_size))
 
   def save(self, path) -> None:
     storage.write_bytes(path, self.model_proto)
@@ -157,8 +162,7 @@ class TiktokenTokenizer:
     return self._encoding.encode_ordinary_batch(list(texts))
 
   def decode(self, ids) -> str:
-    return self._encoding.decode([int(i) for i in np.asarray(ids).reshape(-1)
-                                  if 0 <= int(i) < self.vocab_size])
+    return self._encoding.decode(_known_ids(ids, self.vocab_size))
 
 
 class HuggingFaceTokenizer:
@@ -197,8 +201,7 @@ class HuggingFaceTokenizer:
     return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
   def decode(self, ids) -> str:
-    return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)
-                                   if 0 <= int(i) < self.vocab_size])
+    return self._tokenizer.decode(_known_ids(ids, self.vocab_size))
 
 
 def load(spec: str):

@@ -185,10 +185,9 @@ def _tokenizer(workdir):
       return tokenizers.load(given)
     train_files = str(data_config.get("train_files", ""))
     if train_files and store.is_store(train_files):
-      directory = storage.path(train_files.strip())
-      directory = directory.parent if directory.name == store.MANIFEST else directory
-      if (directory / "tokenizer.model").exists():
-        return tokenizers.Tokenizer.load(str(directory / "tokenizer.model"))
+      saved = store.saved_tokenizer(train_files)
+      if saved is not None:
+        return saved
   trained = sorted(str(p) for p in (workdir / "data").glob("tokenizer-*.model"))
   # A workdir from before the token stores holds the same model under its old name too.
   if len({storage.path(p).read_bytes() for p in trained}) > 1:
