@@ -46,6 +46,7 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -178,10 +179,10 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
 
   def micro_cost(depth):
     """(XLA FLOPs, bytes accessed, kernel FLOPs) of one micro-batch's gradient for the model cut
-    to ``depth`` blocks: identical blocks make the full depth a linear extrapolation, at a
-    fraction of a full compile."""
+    to ``depth`` unrolled blocks: identical blocks make the full depth a linear extrapolation,
+    at a fraction of a full compile."""
     section = ml_collections.ConfigDict(config.models[name].to_dict())
-    section.num_layers = depth
+    section.num_layers, section.scan_layers = depth, False
     shallow = trainer.build_program(name, section, config, config.data.tokenizer.vocab_size,
                                     mesh)
     loss = trainer.make_loss(shallow.model)
@@ -206,11 +207,17 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
     cost = step.cost_analysis()
     xla, accessed = cost.get("flops", 0.0), cost.get("bytes accessed", 0.0)
     kernels = _kernel_flops(step, trace)
-    if accumulation > 1:  # cost analysis counts a loop's body once: add the other micro-batches
-      layers = program.model_config.num_layers
+    # Cost analysis counts a loop's body once: the accumulation loop's micro-batch, and a
+    # scanned stack's block (forward and backward). Both are added from the micro step cut
+    # to 1 and 2 unrolled blocks (a, b): the step counts U + a (scanned) or U + a + (L-1)(b-a)
+    # (unrolled) for A (a + (L-1)(b-a)) + U in all.
+    layers, scanned = program.model_config.num_layers, program.model_config.scan_layers
+    if accumulation > 1 or scanned:
       one, two = (micro_cost(depth) for depth in (1, min(2, layers)))
-      xla, accessed, kernels = (total + (accumulation - 1) * (a + (layers - 1) * (b - a))
-                                for total, a, b in zip((xla, accessed, kernels), one, two))
+      counted = accumulation - 1 if not scanned else accumulation
+      xla, accessed, kernels = (
+          total + counted * (a + (layers - 1) * (b - a)) - (a if scanned else 0)
+          for total, a, b in zip((xla, accessed, kernels), one, two))
     decoded = None
     if decode:
       rows = batch // accumulation
@@ -323,6 +330,11 @@ def format_report(report: Report) -> str:
   return "\n".join(lines)
 
 
+def _peak_host_memory() -> int:
+  """This process's peak resident memory in bytes (getrusage: kilobytes on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -341,13 +353,16 @@ def main(argv) -> None:
     where, reports = compile_config(config, slice_name, values.models, label, values.decode)
     if values.json:
       print(json.dumps(dict(config=label, slice=where, budget=hardware.MEMORY_BUDGET,
+                            wall_seconds=round(time.time() - started, 1),
+                            peak_host_memory=_peak_host_memory(),
                             reports=[dataclasses.asdict(r) | dict(share=r.share)
                                      for r in reports]), indent=2))
     else:
       print(f"{label} on {where}")
       for report in reports:
         print(format_report(report))
-      print(f"done in {time.time() - started:.0f} s (compiled, not run)")
+      print(f"done in {time.time() - started:.0f} s, peak host memory "
+            f"{_peak_host_memory() / GIB:.1f} GiB (compiled, not run)")
     check_fits(reports, config, label)
   except (CompileError, ConfigError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr, flush=True)

@@ -10,6 +10,9 @@ Three naming schemes exist in facebookresearch/MemoryMosaics (spec/official_code
     logits = model.apply({"params": params}, tokens)
     save_official("export.pt", params, model.config, scheme="eft")
 
+Either layout of the blocks (``models/stack.py``): a config with ``scan_layers=True`` gets its
+parameters stacked; an export reads either.
+
 The config comes from the ``config`` argument, else from the file (an .npz ``meta/config_json``
 entry, or a .pt checkpoint's ``model_args``), and whatever is missing from the tensor shapes.
 """
@@ -23,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from mosaics_jax.models import MosaicConfig, MosaicLM, abstract_params
+from mosaics_jax.models import MosaicConfig, MosaicLM, abstract_params, stack
 
 SCHEMES = ("library", "eft", "nano")
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
@@ -301,7 +304,7 @@ def from_state_dict(state: Mapping[str, np.ndarray], config: MosaicConfig,
   """Our parameter tree from an official state dict (numpy arrays)."""
   state = _strip_prefixes(state)
   scheme = scheme or detect_scheme(state)
-  expected = _flatten(abstract_params(MosaicLM(config)))
+  expected = _flatten(abstract_params(MosaicLM(dataclasses.replace(config, scan_layers=False))))
   flat = {}
   for entry in _entries(scheme, config):
     missing = [name for name in entry.names if name not in state]
@@ -316,7 +319,7 @@ def from_state_dict(state: Mapping[str, np.ndarray], config: MosaicConfig,
   if set(flat) != set(expected):
     raise CheckpointError(f"Parameters not covered by the {scheme} mapping: "
                           f"{sorted(set(expected) - set(flat))}.")
-  return _unflatten(flat)
+  return stack.to_layout(_unflatten(flat), scanned=config.scan_layers)
 
 
 def load_official(path: str, config: MosaicConfig | None = None):
@@ -354,7 +357,8 @@ def to_state_dict(params, config: MosaicConfig, scheme: str = "library") -> dict
     raise ValueError("Only Memory Mosaics v1 has an official implementation to export to.")
   if scheme == "nano" and not config.tie_embeddings:
     raise ValueError("nanoMosaics always ties its embedding; this model is untied.")
-  flat = {path: np.asarray(value, np.float32) for path, value in _flatten(params).items()}
+  flat = {path: np.asarray(value, np.float32)
+          for path, value in _flatten(stack.to_layout(params, scanned=False)).items()}
   state = {}
   for entry in _entries(scheme, config):
     for name, value in zip(entry.names, entry.to_official(flat[entry.path])):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mosaics_jax.models import stack
 from mosaics_jax.train import sharding
 
 
@@ -93,6 +94,11 @@ def abstract_cache(model, batch_size: int, max_length: int):
 _SHARED_BY_ROWS = ("index", "capacity", "positions")  # cache entries without a row axis
 
 
+def _row_axis(path) -> int:
+  """Where a cache entry keeps its rows: after the layer axis of a scanned stack."""
+  return 1 if getattr(path[0], "key", "") == stack.SCANNED else 0
+
+
 def _rows_sharding(mesh, rows: int) -> NamedSharding:
   """Rows split like a batch where the mesh's batch axes divide them, else replicated."""
   if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
@@ -106,7 +112,8 @@ def cache_shardings(cache, mesh):
   def pick(path, leaf):
     if getattr(path[-1], "key", "") in _SHARED_BY_ROWS or not leaf.ndim:
       return NamedSharding(mesh, PartitionSpec())
-    return _rows_sharding(mesh, leaf.shape[0])
+    rows = _rows_sharding(mesh, leaf.shape[_row_axis(path)])
+    return NamedSharding(mesh, PartitionSpec(*(None,) * _row_axis(path), *rows.spec))
 
   return jax.tree_util.tree_map_with_path(pick, cache)
 
@@ -214,7 +221,9 @@ def sample(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
 def _reorder(cache, rows: jax.Array):
   """Select cache rows (beams); the step counter and slot positions are shared by all rows."""
   def pick(path, leaf):
-    return leaf if getattr(path[-1], "key", "") in _SHARED_BY_ROWS else leaf[rows]
+    if getattr(path[-1], "key", "") in _SHARED_BY_ROWS:
+      return leaf
+    return jnp.take(leaf, rows, axis=_row_axis(path))
   return jax.tree_util.tree_map_with_path(pick, cache)
 
 

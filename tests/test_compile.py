@@ -45,15 +45,18 @@ def tpu_devices(topology: str, **options):
     pytest.skip(f"no TPU compiler here ({error}); pip install -e '.[tpu]'")
 
 
-def tiny_config(experiment: str, mesh_shape, remat: str = "none"):
-  """The experiment's ``tiny`` models at 128 tokens (splash reads whole blocks of 128)."""
+def tiny_config(experiment: str, mesh_shape, remat: str = "none", scan_layers: bool = False):
+  """The experiment's ``tiny`` models at 128 tokens (splash reads whole blocks of 128);
+  scanned, two blocks."""
   config = registry.get_config(experiment, "tiny")
   with config.unlocked():
     config.data.seq_len = 128
     config.data.batch_size = 8
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_shape
     for section in config.models.values():
-      section.update(context_length=128, remat=remat)
+      section.update(context_length=128, remat=remat, scan_layers=scan_layers)
+      if scan_layers:
+        section.num_layers = 2
   return config
 
 
@@ -81,18 +84,19 @@ def test_the_splash_kernel_compiles_batch_sharded_over_four_chips():
 
 
 @pytest.mark.parametrize("experiment", ["babistories_v1", "v2_pretraining"])
-@pytest.mark.parametrize("topology, mesh_shape, remat", [
-    ("v5e:2x2", (4, 1, 1), "none"),
-    ("v5e:2x2", (1, 4, 1), "block"),
-    ("v5e:2x2", (2, 1, 2), "dots"),  # heads over tensor
-    ("v5p:2x2x2", (2, 2, 2), "none"),  # 8 chips on 2 hosts
+@pytest.mark.parametrize("topology, mesh_shape, remat, scan_layers", [
+    ("v5e:2x2", (4, 1, 1), "none", False),
+    ("v5e:2x2", (1, 4, 1), "block", False),
+    ("v5e:2x2", (2, 1, 2), "dots", False),  # heads over tensor
+    ("v5p:2x2x2", (2, 2, 2), "none", False),  # 8 chips on 2 hosts
+    ("v5p:2x2x2", (2, 2, 2), "block", True),  # the splash shard_map inside the scanned body
 ])
 def test_train_and_decode_steps_compile_for_tpu_meshes_on_the_splash_path(
-    experiment, topology, mesh_shape, remat):
+    experiment, topology, mesh_shape, remat, scan_layers):
   """Failed before the splash kernel ran per shard: "Mosaic kernels cannot be automatically
   partitioned" on every multi-chip mesh."""
   devices = tpu_devices(topology)
-  config = tiny_config(experiment, mesh_shape, remat)
+  config = tiny_config(experiment, mesh_shape, remat, scan_layers)
   mesh = sharding.make_mesh(config.mesh, devices)
   rows = sharding.batch_sharding(mesh)
   name = "mosaic"
@@ -151,6 +155,7 @@ def test_the_command_reports_kernels_memory_and_flops_as_json():
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout)
   assert report["slice"].startswith("v5litepod-4 (v5e:2x2: 4 chips on 1 host")
+  assert report["wall_seconds"] > 0 and 2 ** 28 < report["peak_host_memory"] < 2 ** 36
   (mosaic,) = report["reports"]
   assert mosaic["kernels"]["retrieval"] == {"splash": ["T 128, skip 1"]}
   assert mosaic["kernels"]["slot read"] == {"recompute": ["1 x 224 slots per head"]}
@@ -184,6 +189,29 @@ def test_flops_of_an_accumulated_step_count_every_micro_batch():
   assert flops[2]["model"] == flops[1]["model"]
   assert flops[2]["kernels"] == flops[1]["kernels"]
   assert abs(flops[2]["total"] / flops[1]["total"] - 1) < 0.01
+
+
+def test_a_scanned_stack_compiles_to_the_unrolled_memory_and_flops(experiment="v2_pretraining"):
+  """Cost analysis counts the scanned block once; the report adds the other blocks (from the
+  unrolled micro steps at depth 1 and 2): the FLOPs of the unrolled stack. With the
+  accumulation loop around it too."""
+  devices = tpu_devices("v5e:2x2")
+  reports = {}
+  for scan_layers in (False, True):
+    config = tiny_config(experiment, (4, 1, 1), scan_layers=True)
+    with config.unlocked():
+      config.data.batch_size, config.optimizer.accumulation_steps = 16, 2
+      config.models.mosaic.update(num_layers=3, scan_layers=scan_layers)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    reports[scan_layers] = compile_lib.compile_model(
+        config, "mosaic", mesh, hardware.chip("v5litepod-4")[0], "test", decode=False)
+  unrolled, scanned = reports[False], reports[True]
+  assert scanned.flops["model"] == unrolled.flops["model"]
+  for key in ("xla", "kernels"):
+    assert abs(scanned.flops[key] / unrolled.flops[key] - 1) < 0.05, (key, scanned.flops,
+                                                                      unrolled.flops)
+  assert abs(scanned.bytes_accessed / unrolled.bytes_accessed - 1) < 0.25
+  assert scanned.memory["total"] < 1.5 * unrolled.memory["total"]
 
 
 def test_a_layout_that_does_not_fit_fails_with_the_fix():

@@ -38,9 +38,20 @@ def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_logits_loss_and_causality_match_the_official_model(oracle):
-  path, ref = oracle
+def _load(path, scan_layers):
+  """The official checkpoint in either layout of our blocks (``models/stack.py``)."""
   model, params = convert.load_official(str(path))
+  if not scan_layers:
+    return model, params
+  config = dataclasses.replace(model.config, scan_layers=True)
+  return convert.load_official(str(path), config)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_logits_loss_and_causality_match_the_official_model(oracle, scan_layers):
+  path, ref = oracle
+  model, params = _load(path, scan_layers)
+  assert ("blocks" in params) == scan_layers
   ids = jnp.asarray(ref["input_ids"], jnp.int32)
   logits = _apply(model)({"params": params}, ids)
   np.testing.assert_allclose(logits, ref["logits"], atol=1e-5, rtol=0)
@@ -95,9 +106,10 @@ def test_block0_intermediates_match(oracle):
     np.testing.assert_allclose(weights, ref["block0/attn/weights"], atol=1e-6)
 
 
-def test_gradients_match(oracle):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_gradients_match(oracle, scan_layers):
   path, ref = oracle
-  model, params = convert.load_official(str(path))
+  model, params = _load(path, scan_layers)
   ids, targets = jnp.asarray(ref["input_ids"], jnp.int32), jnp.asarray(ref["targets"])
   grads = jax.jit(jax.grad(
       lambda p: losses.cross_entropy(model.apply({"params": p}, ids), targets)))(params)
@@ -128,6 +140,13 @@ def test_export_then_import_round_trips(oracle, tmp_path, scheme):
   reloaded_model, reloaded = convert.load_official(str(out))
   assert reloaded_model.config.num_layers == model.config.num_layers
   jax.tree_util.tree_map(np.testing.assert_array_equal, reloaded, params)
+  scanned = dataclasses.replace(model.config, scan_layers=True)
+  _, stacked = convert.load_official(str(out), scanned)  # import scanned, export from scanned
+  assert stacked["blocks"]["context"]["out"]["kernel"].shape[0] == model.config.num_layers
+  exported = convert.to_state_dict(stacked, scanned, scheme)
+  assert set(exported) == set(state)
+  for name, value in state.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
 def test_library_npz_names_are_exactly_the_official_state_dict(oracle):

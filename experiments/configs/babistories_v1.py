@@ -75,7 +75,7 @@ def get_config(arg: str = ""):
   config.data.seq_len = 512
   config.data.batch_size = 512
   config.data.tokenizer.vocab_size = 50304
-  size = dict(vocab_size=0)
+  size = dict(vocab_size=0, scan_layers=True)  # the CPU sizes below keep unrolled blocks
   config.train.num_steps = 80000
   if cpu or tiny:
     config.data.train_files = "package:tinystories/train.txt"

@@ -58,7 +58,7 @@ def get_config(arg: str = "small"):
   config.data.packing = "documents"
   config.data.seq_len, config.data.batch_size = 4096, batch
   config.data.tokenizer.vocab_size = 32000
-  size, memories = dict(vocab_size=0), {}
+  size, memories = dict(vocab_size=0, scan_layers=True), {}  # cpu / tiny: unrolled blocks
   mosaic_size, llama_size = {}, {}
   config.optimizer.learning_rate, config.optimizer.min_learning_rate = lr, lr / 100
   config.train.num_steps = steps

@@ -26,6 +26,7 @@ import numpy as np
 from mosaics_jax.data import corpus, text
 from mosaics_jax.evaluate import plotting, position_loss
 from mosaics_jax.layers.features import EXP_PARAM_SCALE
+from mosaics_jax.models import stack
 
 SOWN = "last_query_weights"
 RECENT = 64  # positions searched for the recent-token peak
@@ -38,7 +39,8 @@ def last_token_attention(model, params, windows: np.ndarray,
   @jax.jit
   def weights(params, tokens):
     _, state = model.apply({"params": params}, tokens, mutable=["intermediates"])
-    flat = jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+    flat = jax.tree_util.tree_flatten_with_path(
+        stack.to_layout(state["intermediates"], scanned=False))[0]
     return {"/".join(str(getattr(k, "key", k)) for k in path[:-2]): value.sum(0)
             for path, value in flat if getattr(path[-2], "key", None) == SOWN}
 
@@ -63,7 +65,7 @@ def peak_width(weights: np.ndarray, skip: int = 1) -> int:
 def leaky_coefficients(params) -> dict[str, np.ndarray]:
   """{memory path: (H,) lambda = exp(-10 |leak|)} of a v1 Memory Mosaic's contextual memories."""
   out = {}
-  for block, tree in params.items():
+  for block, tree in stack.to_layout(params, scanned=False).items():
     context = tree.get("context") if isinstance(tree, dict) else None
     leak = context["keys"].get("leak") if isinstance(context, dict) else None
     if leak is not None:

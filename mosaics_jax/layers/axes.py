@@ -13,6 +13,7 @@ table. ``None`` marks small axes that are always replicated (a memory count, a p
 | mlp        | hidden width of a feed-forward persistent memory         |
 | slots      | key/value slots of a v1 persistent memory                |
 | vocab      | token vocabulary                                         |
+| layers     | the blocks of a scanned stack (``models/stack.py``)      |
 """
 
 BATCH = "batch"
@@ -23,8 +24,9 @@ HEAD_DIM = "head_dim"
 MLP = "mlp"
 SLOTS = "slots"
 VOCAB = "vocab"
+LAYERS = "layers"
 
-ALL = (BATCH, LENGTH, EMBED, HEADS, HEAD_DIM, MLP, SLOTS, VOCAB)
+ALL = (BATCH, LENGTH, EMBED, HEADS, HEAD_DIM, MLP, SLOTS, VOCAB, LAYERS)
 
 # Activation layouts.
 HIDDEN = (BATCH, LENGTH, EMBED)

@@ -179,12 +179,3 @@ REMAT_POLICIES = {
     "block": jax.checkpoint_policies.nothing_saveable,
 }
 
-
-def block_class(cls: type[nn.Module], remat: str, decoding: bool) -> type[nn.Module]:
-  """``cls`` rematerialised with the policy named ``remat`` in training; as is when decoding.
-  ``cls.__call__(self, x, positions, segment_ids, long_term_skip, deterministic, ...)``:
-  ``deterministic`` (argument 5, counting ``self``) is static."""
-  if remat == "none" or decoding:
-    return cls
-  return nn.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=(5,))
-

@@ -101,6 +101,7 @@ class MosaicConfig:
   # v1 slot read (kernels/slots.py): None (automatic), reference, recompute, xla or cudnn.
   persistent_implementation: str | None = None
   remat: str = "none"  # what backward recomputes: "none", "dots" or "block" (REMATS)
+  scan_layers: bool = False  # one scanned block for the stack (models/stack.py)
 
   def __post_init__(self):
     _check(self.version in (1, 2), f"version={self.version}: Memory Mosaics come as 1 or 2.")
@@ -166,6 +167,7 @@ class TransformerConfig:
   dtype: str | None = None
   retrieval_implementation: str | None = None
   remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
     _check_common(self)

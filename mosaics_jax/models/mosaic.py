@@ -22,6 +22,7 @@ from mosaics_jax.layers import cache
 from mosaics_jax.layers import common
 from mosaics_jax.layers.contextual import ContextualMemory, LongShortMemory
 from mosaics_jax.layers.persistent import FeedForward, PersistentMemory
+from mosaics_jax.models import stack
 from mosaics_jax.models.config import MosaicConfig, compute_dtype
 
 
@@ -37,19 +38,23 @@ def v1_inits(config: MosaicConfig) -> dict[str, common.Initializer]:
               embed=common.normal(std))
 
 
-def v2_inits(config: MosaicConfig, layer: int) -> dict[str, common.Initializer]:
-  """v2 Table 6: truncated normals with std 1/sqrt(2 d (l+1)), 1/sqrt(2 d' (l+1)) for W2."""
-  std = 1.0 / math.sqrt(2 * config.embed_dim * (layer + 1))
+def v2_inits(config: MosaicConfig, layer) -> dict[str, common.Initializer]:
+  """v2 Table 6: truncated normals with std 1/sqrt(2 d (l+1)), 1/sqrt(2 d' (l+1)) for W2
+  (``layer``: an int, or traced under a scanned stack)."""
+  std = stack.depth_scale(2 * config.embed_dim * (layer + 1), layer)
   return dict(proj=common.truncated_normal(std), out=common.truncated_normal(std),
-              ffn_out=common.truncated_normal(1.0 / math.sqrt(2 * config.ffn_hidden_dim * (layer + 1))))
+              ffn_out=common.truncated_normal(
+                  stack.depth_scale(2 * config.ffn_hidden_dim * (layer + 1), layer)))
 
 
 class MosaicBlock(nn.Module):
+  """One block; called as ``models/stack.py`` says."""
+
   config: MosaicConfig
-  layer: int
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, long_term_skip, deterministic, chunk=None):
+  def __call__(self, x, layer, positions, segment_ids, long_term_skip, deterministic,
+               chunk=None):
     cfg = self.config
     dtype = compute_dtype(cfg.dtype)
     norm = lambda name: common.norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias,
@@ -69,7 +74,7 @@ class MosaicBlock(nn.Module):
                                **kwargs)(norm("persistent_norm")(x), segment_ids, deterministic,
                                          chunk)
     else:
-      inits = v2_inits(cfg, self.layer)
+      inits = v2_inits(cfg, layer)
       x = x + LongShortMemory(
           num_heads=cfg.num_heads, short_term_window=cfg.short_term_window,
           proj_init=inits["proj"], out_init=inits["out"], short_term=cfg.short_term_memory,
@@ -136,10 +141,8 @@ class MosaicLM(nn.Module):
     x = nn.Dropout(cfg.embedding_dropout)(x, deterministic)
     if cfg.version == 2 and long_term_skip is None:
       long_term_skip = long_term_skip_for_step(cfg, deterministic, self.make_rng)
-    block = common.block_class(MosaicBlock, cfg.remat, decoding=chunk is not None)
-    for layer in range(cfg.num_layers):
-      x = block(cfg, layer, name=f"block_{layer}")(x, positions, segment_ids, long_term_skip,
-                                                   deterministic, chunk)
+    x = stack.apply_blocks(MosaicBlock, cfg, x, positions, segment_ids, long_term_skip,
+                           deterministic, chunk)
     # The official Library code (not nanoMosaics, not v2) scales the logits by 1/sqrt(d).
     library = cfg.version == 1 and cfg.official_variant == "library"
     return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype,

@@ -16,31 +16,35 @@ from mosaics_jax.layers import axes
 from mosaics_jax.layers import common
 from mosaics_jax.layers.attention import Attention, LongShortAttention
 from mosaics_jax.layers.persistent import FeedForward
+from mosaics_jax.models import stack
 from mosaics_jax.models.config import TransformerConfig, compute_dtype
 from mosaics_jax.models.mosaic import decoding_inputs, long_term_skip_for_step
 
 
-def transformer_inits(config: TransformerConfig, layer: int) -> dict[str, common.Initializer]:
+def transformer_inits(config: TransformerConfig, layer) -> dict[str, common.Initializer]:
   """gpt2: nanoGPT's N(0, 0.02), residual projections 0.02/sqrt(2L) (the official baseline).
   v2: the v2 paper's Table 6 (its transformers share the Memory Mosaics recipe)."""
   if config.init == "gpt2":
     out = common.normal(0.02 / math.sqrt(2 * config.num_layers))
     return dict(proj=common.normal(0.02), out=out, mlp_out=out, embed=common.normal(0.02))
-  std = 1.0 / math.sqrt(2 * config.embed_dim * (layer + 1))
+  std = stack.depth_scale(2 * config.embed_dim * (layer + 1), layer)
   return dict(proj=common.truncated_normal(std), out=common.truncated_normal(std),
-              mlp_out=common.truncated_normal(1.0 / math.sqrt(2 * config.hidden_dim * (layer + 1))),
+              mlp_out=common.truncated_normal(
+                  stack.depth_scale(2 * config.hidden_dim * (layer + 1), layer)),
               embed=common.truncated_normal((2 * config.embed_dim) ** -0.5))
 
 
 class TransformerBlock(nn.Module):
+  """One block; called as ``models/stack.py`` says."""
+
   config: TransformerConfig
-  layer: int
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, long_term_skip, deterministic, chunk=None):
+  def __call__(self, x, layer, positions, segment_ids, long_term_skip, deterministic,
+               chunk=None):
     cfg = self.config
     dtype = compute_dtype(cfg.dtype)
-    inits = transformer_inits(cfg, self.layer)
+    inits = transformer_inits(cfg, layer)
     norm = lambda name: common.norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias,
                                     dtype=dtype, name=name)
     kwargs = dict(num_heads=cfg.num_heads, in_init=inits["proj"], out_init=inits["out"],
@@ -90,8 +94,6 @@ class TransformerLM(nn.Module):
     x = nn.Dropout(cfg.embedding_dropout)(x, deterministic)
     if cfg.long_short_attention and long_term_skip is None:
       long_term_skip = long_term_skip_for_step(cfg, deterministic, self.make_rng)
-    block = common.block_class(TransformerBlock, cfg.remat, decoding=chunk is not None)
-    for layer in range(cfg.num_layers):
-      x = block(cfg, layer, name=f"block_{layer}")(x, positions, segment_ids, long_term_skip,
-                                                   deterministic, chunk)
+    x = stack.apply_blocks(TransformerBlock, cfg, x, positions, segment_ids, long_term_skip,
+                           deterministic, chunk)
     return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype)

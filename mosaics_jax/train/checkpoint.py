@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -23,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mosaics_jax import models, storage
+from mosaics_jax.models import stack
 from mosaics_jax.data import store, tokenizer as tokenizers
 from mosaics_jax.train import sharding
 
@@ -42,7 +44,9 @@ def check_model_config(run_dir, model_config: dict) -> None:
   path = storage.path(run_dir) / "model_config.json"
   current = json.loads(json.dumps(model_config))  # tuples -> lists, as stored
   if path.exists():
-    recorded = json.loads(path.read_text())
+    # A field added since the run was recorded reads as its default (e.g. scan_layers).
+    recorded = json.loads(json.dumps(models.config_to_dict(models.config_from_dict(
+        json.loads(path.read_text())))))
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k)
                      and k not in HOW_TO_COMPUTE)
     if changed:
@@ -123,13 +127,16 @@ class Run:
   step: int
 
 
-def load_run(workdir, name: str, step: int | None = None, mesh=None) -> Run:
+def load_run(workdir, name: str, step: int | None = None, mesh=None,
+             scan_layers: bool | None = None) -> Run:
   """The model ``name`` of the experiment in ``workdir`` (local or a bucket): its config, the
   parameters of its latest (or ``step``) checkpoint, and the experiment's tokenizer.
 
   Only the parameters are read (the optimizer's moments, twice their size, stay on disk),
   straight into their place: sharded over ``mesh`` by the training rules
   (``train/sharding.py``; any mesh, not only the one trained on), else on the default device.
+  ``scan_layers``: the layout of the returned model (``models/stack.py``), converted from the
+  run's own if it differs; None keeps the run's.
   """
   workdir = storage.path(workdir)
   run_dir = workdir / name
@@ -137,29 +144,42 @@ def load_run(workdir, name: str, step: int | None = None, mesh=None) -> Run:
   if not config_path.exists():
     found = sorted(p.parent.name for p in workdir.glob("*/model_config.json"))
     raise CheckpointError(f"No model {name!r} in {workdir} (models there: {found}).")
-  model = models.build_model(models.config_from_dict(json.loads(config_path.read_text())))
+  saved = models.config_from_dict(json.loads(config_path.read_text()))
+  model = models.build_model(saved)
   manager = Checkpoints(run_dir / "checkpoints")
   step = manager.latest_step() if step is None else step
   manager.close()
   if step is None:
     raise CheckpointError(f"{run_dir} has no checkpoint yet.")
   state_dir = run_dir / "checkpoints" / str(step) / "state"
-  abstract = models.abstract_params(model)
-  if mesh is None:
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree_util.tree_map(lambda _: one, abstract)
-  else:
-    shardings = sharding.logical_to_shardings(models.logical_axes(model), abstract, mesh)
-  target = {"params": jax.tree_util.tree_map(
-      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract,
-      shardings)}
+  target = {"params": _placed_params(model, mesh)}
   try:
     restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
   except Exception as error:  # orbax raises many types for damaged files
     raise CheckpointError(f"Cannot read the parameters in {state_dir}: {error}") from error
-  return Run(model, restored["params"], _tokenizer(workdir), step)
+  params = restored["params"]
+  if scan_layers is not None and scan_layers != saved.scan_layers:
+    model = models.build_model(dataclasses.replace(saved, scan_layers=scan_layers))
+    placed = _placed_params(model, mesh)
+    params = jax.jit(functools.partial(stack.to_layout, scanned=scan_layers),
+                     out_shardings=jax.tree_util.tree_map(lambda leaf: leaf.sharding, placed))(params)
+  return Run(model, params, _tokenizer(workdir), step)
+
+
+def _placed_params(model, mesh):
+  """The parameters' shapes, each with its sharding: over ``mesh`` by the training rules,
+  else on the default device."""
+  abstract = models.abstract_params(model)
+  if mesh is None:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shardings = jax.tree_util.tree_map(lambda _: one, abstract)
+  else:
+    shardings = sharding.logical_to_shardings(models.logical_axes(model), abstract, mesh)
+  return jax.tree_util.tree_map(
+      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract,
+      shardings)
 
 
 def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:

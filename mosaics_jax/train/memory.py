@@ -108,7 +108,9 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
   accelerators, computing in ``dtype`` unless the model names its own. Activations are
   counted whole on every device (the layouts here keep tensor = 1)."""
   model_config = model_config_of(name, config.models[name], config.data.tokenizer.vocab_size)
-  model_config = dataclasses.replace(model_config, dtype=model_config.dtype or dtype)
+  # Counted on unrolled blocks: a scanned stack keeps the same residuals, stacked.
+  model_config = dataclasses.replace(model_config, dtype=model_config.dtype or dtype,
+                                     scan_layers=False)
   settings = optimizer_config(name, config)
   accumulation = settings.accumulation_steps
   mesh_shape = sharding.mesh_shape(config.mesh, device_count)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from mosaics_jax import hardware, storage
-from mosaics_jax.models import MosaicConfig, TransformerConfig
+from mosaics_jax.models import MosaicConfig, TransformerConfig, stack
 from mosaics_jax.train import wandb_logger
 from mosaics_jax.train.tensorboard import EventWriter
 
@@ -47,7 +47,8 @@ def matmul_params(params, config) -> int:
   total = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     names = [getattr(p, "key", "") for p in path]
-    if leaf.ndim < 2 or "token_embed" in names or "position_embed" in names:
+    per_layer = leaf.ndim - (names[0] == stack.SCANNED)  # a scanned stack's leading axis
+    if per_layer < 2 or "token_embed" in names or "position_embed" in names:
       continue
     total += int(np.prod(leaf.shape))
   if config.tie_embeddings:

@@ -36,6 +36,7 @@ LOGICAL_RULES = (
     ("vocab", "tensor"),
     ("length", None),
     ("head_dim", None),
+    ("layers", None),  # a scanned stack's blocks: each device holds its shard of every block
 )
 
 

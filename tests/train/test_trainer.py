@@ -111,6 +111,26 @@ def test_resume_on_another_mesh(tmp_path):
     trainer.train_and_evaluate(other_data, str(tmp_path / "b"), mode="train")
 
 
+def test_a_scanned_run_restores_into_either_layout(tmp_path):
+  """Trained with scanned blocks; read back unrolled, or scanned on a mesh: the same logits.
+  Resuming the training in the other layout is refused, naming the field."""
+  trainer.train_and_evaluate(tiny(**{"train.num_steps": 4, "models.mosaic.scan_layers": True}),
+                             str(tmp_path), mode="train")
+  tokens = jnp.asarray(np.arange(64).reshape(2, 32) % 50)
+  runs = [checkpoint.load_run(tmp_path, "mosaic"),
+          checkpoint.load_run(tmp_path, "mosaic", scan_layers=False),
+          checkpoint.load_run(tmp_path, "mosaic", scan_layers=False, mesh=sharding.make_mesh(
+              {"data": 2, "fsdp": 4, "tensor": 1}))]
+  assert "blocks" in runs[0].params and "block_1" in runs[1].params
+  kernel = runs[2].params["block_1"]["context"]["out"]["kernel"]
+  assert len(kernel.sharding.device_set) == 8
+  logits = [jax.jit(run.model.apply)({"params": run.params}, tokens) for run in runs]
+  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+  np.testing.assert_allclose(logits[2], logits[0], atol=1e-5)
+  with pytest.raises(checkpoint.CheckpointError, match="scan_layers: True -> False"):
+    trainer.train_and_evaluate(tiny(**{"train.num_steps": 6}), str(tmp_path), mode="train")
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
   full = {"train.num_steps": 1, "optimizer.eps": 1e-6, "data.batch_size": 16}
   one = trainer.train_and_evaluate(tiny(**full), str(tmp_path / "one"), mode="train")
