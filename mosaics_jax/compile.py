@@ -188,9 +188,7 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
     loss = trainer.make_loss(shallow.model)
     gradient = jax.jit(lambda params, b: jax.value_and_grad(loss)(params, b, jax.random.key(0)),
                        in_shardings=(shallow.param_shardings, sharding.batch_sharding(mesh)))
-    params = jax.tree_util.tree_map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        shallow.abstract_state.params, shallow.param_shardings)
+    params = sharding.placed(shallow.abstract_state.params, shallow.param_shardings)
     compiled, trace = compile_traced(f"micro step at depth {depth}", gradient, params,
                                      tokens_of(batch // accumulation))
     cost = compiled.cost_analysis()
@@ -200,9 +198,7 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
     program = trainer.build_program(name, config.models[name], config,
                                     config.data.tokenizer.vocab_size, mesh)
-    state = jax.tree_util.tree_map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        program.abstract_state, program.state_shardings)
+    state = sharding.placed(program.abstract_state, program.state_shardings)
     step, trace = compile_traced("train step", program.train_step, state, tokens_of(batch))
     cost = step.cost_analysis()
     xla, accessed = cost.get("flops", 0.0), cost.get("bytes accessed", 0.0)
@@ -223,9 +219,7 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
       rows = batch // accumulation
       cache = generate.abstract_cache(program.model, rows, length)
       cache_shardings = generate.cache_shardings(cache, mesh)
-      cache = jax.tree_util.tree_map(
-          lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), cache,
-          cache_shardings)
+      cache = sharding.placed(cache, cache_shardings)
       one = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=sharding.batch_sharding(mesh))
       decode_step = jax.jit(functools.partial(generate.decode_chunk, program.model),
                             out_shardings=(None, cache_shardings), donate_argnums=1)

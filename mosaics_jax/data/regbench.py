@@ -27,7 +27,6 @@ import dataclasses
 import functools
 from collections import Counter
 
-
 import numpy as np
 
 from mosaics_jax.data import pipeline
@@ -256,12 +255,11 @@ def regbench_data(config, *, seed: int, workdir: str, process_index: int = 0,
   del workdir
   splits = make_splits(config.regbench_train_pfas, seed, config.regbench_eval_pfas)
   batches = InstanceBatches(splits["train"].instances, config.batch_size, seed,
-                                     bucket=config.regbench_bucket, process_index=process_index,
-                                     process_count=process_count)
+                            bucket=config.regbench_bucket, process_index=process_index,
+                            process_count=process_count)
   validation = InstanceBatches(splits["validation"].instances, config.batch_size, seed,
-                                        bucket=config.regbench_bucket,
-                                        process_index=process_index,
-                                        process_count=process_count, shuffle=False)
+                               bucket=config.regbench_bucket, process_index=process_index,
+                               process_count=process_count, shuffle=False)
   count = min(config.eval_batches, len(splits["validation"].instances) // config.batch_size)
   description = (f"RegBench: {config.regbench_train_pfas:,} training automata (one instance "
                  f"each), {len(splits['test'].pfas)} test and {len(splits['validation'].pfas)} "

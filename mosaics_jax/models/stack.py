@@ -5,9 +5,8 @@ compile time and host memory grow with depth (v2 large: 12 minutes and 22 GB for
 Scanned (``flax.linen.scan``), it sees one block applied L times; every parameter (decoding
 cache entry, sown intermediate) of the block gets a leading axis of size L under one name,
 ``blocks``, with the logical axis name ``layers`` (replicated, ``train/sharding.py``).
-Both compute the same
-function; ``to_layout`` converts a parameter tree (or any tree with the same dict structure:
-gradients, optimizer moments) from one layout to the other.
+Both compute the same function; ``to_layout`` converts a parameter tree (or any tree with the
+same dict structure: gradients, optimizer moments) from one layout to the other.
 
 A block is ``cls(config, name=...)``, called as
 ``block(x, layer, positions, segment_ids, long_term_skip, deterministic, chunk)``: ``layer``
@@ -77,10 +76,6 @@ def depth_scale(value, layer):
   return jax.lax.rsqrt(jnp.asarray(value, jnp.float32))
 
 
-def is_scanned(tree) -> bool:
-  return isinstance(tree, dict) and SCANNED in tree
-
-
 def _unrolled_depth(tree: dict) -> int:
   return sum(1 for key in tree if _UNROLLED.fullmatch(str(key)))
 
@@ -88,12 +83,13 @@ def _unrolled_depth(tree: dict) -> int:
 def to_layout(tree, scanned: bool):
   """``tree`` with its blocks stacked under ``blocks`` (``scanned``) or split into
   ``block_i``; any nested dict holding blocks is converted (optimizer moments, gradients),
-  trees already in the layout are returned as they are. Arrays are stacked with ``jnp``, so
-  under ``jax.jit`` with output shardings the result is born sharded."""
+  and a tree already in the layout comes back as a copy of its dicts with the same arrays.
+  Arrays are stacked with ``jnp``, so under ``jax.jit`` with output shardings the result is
+  born sharded."""
   if not isinstance(tree, dict):
     return tree
-  if scanned and _unrolled_depth(tree):
-    depth = _unrolled_depth(tree)
+  depth = _unrolled_depth(tree)
+  if scanned and depth:
     blocks = [tree[f"block_{i}"] for i in range(depth)]
     rest = {k: to_layout(v, scanned) for k, v in tree.items() if not _UNROLLED.fullmatch(str(k))}
     return {**rest, SCANNED: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)}

@@ -163,8 +163,9 @@ def load_run(workdir, name: str, step: int | None = None, mesh=None,
   if scan_layers is not None and scan_layers != saved.scan_layers:
     model = models.build_model(dataclasses.replace(saved, scan_layers=scan_layers))
     placed = _placed_params(model, mesh)
-    params = jax.jit(functools.partial(stack.to_layout, scanned=scan_layers),
-                     out_shardings=jax.tree_util.tree_map(lambda leaf: leaf.sharding, placed))(params)
+    to_layout = functools.partial(stack.to_layout, scanned=scan_layers)
+    params = jax.jit(to_layout, out_shardings=jax.tree_util.tree_map(lambda leaf: leaf.sharding,
+                                                                     placed))(params)
   return Run(model, params, _tokenizer(workdir), step)
 
 
@@ -177,9 +178,7 @@ def _placed_params(model, mesh):
     shardings = jax.tree_util.tree_map(lambda _: one, abstract)
   else:
     shardings = sharding.logical_to_shardings(models.logical_axes(model), abstract, mesh)
-  return jax.tree_util.tree_map(
-      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract,
-      shardings)
+  return sharding.placed(abstract, shardings)
 
 
 def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:

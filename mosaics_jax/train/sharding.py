@@ -103,6 +103,14 @@ def logical_to_shardings(logical_specs, abstract_tree, mesh: jax.sharding.Mesh):
       logical_specs, abstract_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def placed(abstract_tree, shardings):
+  """``abstract_tree``'s shapes and dtypes, each with its sharding: a restore target, or the
+  arguments of an ahead-of-time compile."""
+  return jax.tree_util.tree_map(
+      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_tree,
+      shardings)
+
+
 def _dict_path(path) -> tuple[str, ...]:
   return tuple(entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey))
 

@@ -248,10 +248,8 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
       raise checkpoint.CheckpointError(
           f"Training from step {step} would overwrite the later checkpoints {later} in "
           f"{checkpoints.directory}; move them aside first (nothing is ever deleted).")
-    target = jax.tree_util.tree_map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        program.abstract_state, program.state_shardings)
-    state, position = checkpoints.restore(step, target)
+    state, position = checkpoints.restore(
+        step, sharding.placed(program.abstract_state, program.state_shardings))
     if position["data_fingerprint"] and data.fingerprint and (
         position["data_fingerprint"] != data.fingerprint):
       raise checkpoint.CheckpointError(

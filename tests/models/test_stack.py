@@ -137,10 +137,9 @@ def test_scanned_parameters_and_cache_on_a_mesh():
 
 
 def test_layout_conversion_round_trips_nested_trees():
-  tree = {"opt": ({"mu": {"block_0": {"w": np.ones(2)}, "block_1": {"w": np.zeros(2)},
-                          "head": np.ones(3)}},), "count": np.int32(3)}
-  stacked = stack.to_layout({"mu": tree["opt"][0]["mu"]}, scanned=True)["mu"]
+  moments = {"block_0": {"w": np.ones(2)}, "block_1": {"w": np.zeros(2)}, "head": np.ones(3)}
+  stacked = stack.to_layout({"mu": moments}, scanned=True)["mu"]  # nested one level down
   assert set(stacked) == {"blocks", "head"} and stacked["blocks"]["w"].shape == (2, 2)
   back = stack.to_layout({"mu": stacked}, scanned=False)["mu"]
-  jax.tree_util.tree_map(np.testing.assert_array_equal, back, tree["opt"][0]["mu"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, moments)
   assert stack.to_layout(back, scanned=False) is not back  # converted copies, same values
