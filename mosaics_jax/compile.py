@@ -59,6 +59,7 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from mosaics_jax import cli, generate, hardware  # noqa: E402
+from mosaics_jax.data import text  # noqa: E402
 from mosaics_jax.kernels import target  # noqa: E402
 from mosaics_jax.train import memory, sharding, trainer  # noqa: E402
 from mosaics_jax.train.config import ConfigError, optimizer_config  # noqa: E402
@@ -151,7 +152,7 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
   devices = mesh.size
   accumulation = optimizer_config(name, config).accumulation_steps
   batch, length = config.data.batch_size, config.data.seq_len
-  keys = ("inputs", "targets") + (("segment_ids",) if config.data.packing == "documents" else ())
+  keys = ("inputs", "targets") + (("segment_ids",) if text.with_segments(config.data.packing) else ())
   seconds = {}
 
   def tokens_of(rows):

@@ -1,12 +1,15 @@
-r"""The v2 paper's pre-training: Memory Mosaic v2 and its Llama-style baseline, packed documents.
+r"""The v2 paper's pre-training: Memory Mosaic v2 and its Llama-style baseline, whole documents.
 
 Command: tokenize the corpus once into token stores (one shard per input file, in the
 bucket; the Llama-3 tokenizer's ranks file is Meta's tokenizer.model; 4 bytes a token, so
-about 800 GB for 200B tokens), then train on them from every host:
+about 800 GB for 200B tokens) with the index of its 4096-token whole-document windows, then
+train on them from every host:
     python -m mosaics_jax.data.prepare --inputs='gs://BUCKET/mix/train-*.jsonl.zst' \
-        --output=gs://BUCKET/mix-llama3/train --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model
+        --output=gs://BUCKET/mix-llama3/train --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model \
+        --whole_document_windows=4096
     python -m mosaics_jax.data.prepare --inputs='gs://BUCKET/mix/val-*.jsonl.zst' \
-        --output=gs://BUCKET/mix-llama3/val --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model
+        --output=gs://BUCKET/mix-llama3/val --tokenizer=tiktoken:llama3=gs://BUCKET/llama3.model \
+        --whole_document_windows=4096
     python -m mosaics_jax.main --config=experiments/configs/v2_pretraining.py:small,pod=v5p-128 \
         --workdir=gs://BUCKET/v2_small --config.data.train_files=gs://BUCKET/mix-llama3/train \
         --config.data.validation_files=gs://BUCKET/mix-llama3/val \
@@ -25,7 +28,9 @@ and 1T for large, in batches of 1024 x 4096 tokens; ``gpt2`` is sized for one H1
 Recipe (v2 paper, Appendix C, Table 6): context 4096, short-term window h = 256, long-term
 skip m ~ U[64, 256] in training and 64 at inference, AdamW (0.9, 0.95), weight decay 0.1,
 clip 1.0, 2000 warm-up steps then cosine to lr/100 (peak 3e-4 small, 1e-3 large), document
-masks (no memory reads across documents), RMSNorm, untied embeddings. The transformer
+masks (no memory reads across documents) over windows of whole documents, truncated at 4096
+(``packing="whole_documents"``; ``cpu`` / ``tiny`` pack ``documents``, cut anywhere), RMSNorm,
+untied embeddings. The transformer
 baseline shares sizes and recipe (RoPE, SwiGLU, multi-head attention).
 
 Expected result (v2 paper Tables 1-2): parity with the transformer on persistent-knowledge
@@ -55,7 +60,7 @@ def get_config(arg: str = "small"):
                      f"optionally ',ablations'), got {arg!r}.")
   mosaic, llama, lr, batch, steps = SIZES[sizes[0] if sizes else "gpt2"]
   config = base_config()
-  config.data.packing = "documents"
+  config.data.packing = "documents" if cpu or tiny else "whole_documents"
   config.data.seq_len, config.data.batch_size = 4096, batch
   config.data.tokenizer.vocab_size = 32000
   size, memories = dict(vocab_size=0, scan_layers=True), {}  # cpu / tiny: unrolled blocks

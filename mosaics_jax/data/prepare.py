@@ -5,7 +5,9 @@ r"""Tokenize a corpus once into a token store, shard by shard (``data/preparatio
 
 Then train on it with ``--config.data.train_files=gs://BUCKET/stories-sp32k`` (and
 ``validation_files``). A killed prepare, run again, redoes only its unfinished shards.
-Exits 1 with the problem and the fix on bad input.
+``--whole_document_windows=4096`` also builds the index ``packing="whole_documents"`` reads
+(``data/packing.py``); given with ``--output`` alone, it indexes an existing store. Exits 1
+with the problem and the fix on bad input.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from mosaics_jax.data import corpus, preparation
+from mosaics_jax.data import corpus, packing, preparation, store
 from mosaics_jax.data.corpus import DataError
 
 
@@ -24,18 +26,31 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   values = flags.FLAGS
   try:
-    prepared = preparation.prepare(",".join(values.inputs), values.output, values.tokenizer,
-                                   fmt=values.format, text_field=values.text_field,
-                                   workers=values.workers)
+    lengths = [int(n) for n in values.whole_document_windows]
+  except ValueError as error:
+    raise app.UsageError(f"--whole_document_windows takes seq_len integers: {error}") from error
+  index_only = not values.inputs and lengths
+  try:
+    if index_only:
+      prepared = store.TokenStore.open(values.output)
+    elif not (values.inputs and values.tokenizer):
+      raise app.UsageError("give --inputs and --tokenizer (or only --whole_document_windows, "
+                           "to index an existing store)")
+    else:
+      prepared = preparation.prepare(",".join(values.inputs), values.output, values.tokenizer,
+                                     fmt=values.format, text_field=values.text_field,
+                                     workers=values.workers)
     if values.verify:
       prepared.verify()
+    windows = [len(packing.build(prepared, n)) for n in lengths]
   except DataError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   print(f"{values.output}: {len(prepared):,} tokens in {len(prepared.manifest['shards'])} "
         f"shards, {prepared.dtype.name}, vocabulary {prepared.vocab_size:,}"
-        + (", checksums verified" if values.verify else ""))
-
+        + (", checksums verified" if values.verify else "")
+        + "".join(f"; {count:,} whole-document windows of {n}" for n, count in
+                  zip(lengths, windows)))
 
 if __name__ == "__main__":
   flags.DEFINE_list("inputs", None, "Input files: comma-separated globs, local or in a bucket.")
@@ -47,5 +62,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("text_field", "text", "The document field of JSONL and Parquet inputs.")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes, one input file each at a time.")
   flags.DEFINE_bool("verify", False, "Also check every shard's SHA-256 (reads the whole store).")
-  flags.mark_flags_as_required(["inputs", "output", "tokenizer"])
+  flags.DEFINE_list("whole_document_windows", [],
+                    "seq_len values to index the store for packing='whole_documents'.")
+  flags.mark_flags_as_required(["output"])
   app.run(main)

@@ -2,12 +2,15 @@
 
 The corpus is one stream ``EOT d1 EOT d2 EOT d3 ...`` (each document preceded by the
 end-of-text token, which also ends the previous one): a token store (``data/store.py``) or an
-array; only the windows a batch needs are read. Two ways to cut it (``packing=``):
+array; only the windows a batch needs are read. Three ways to cut it (``packing=``):
 
 * ``random_windows`` (the official recipe): window i starts at a uniformly random offset drawn
   from (seed, i), with replacement, and crosses document boundaries freely.
 * ``documents``: consecutive windows, reshuffled every epoch, with ``segment_ids`` that start a
   new segment at every EOT, so the memories (and attention) restart at each document.
+* ``whole_documents``: windows of whole documents (``data/packing.py``: none split, one longer
+  than a window truncated), reshuffled every epoch, padded at the end (targets -1), with
+  ``segment_ids`` as for ``documents``: every window starts at a document start.
 
 Batch ``g`` holds the global windows g*B .. g*B+B-1; process p reads the slice
 [g*B + p*b, g*B + (p+1)*b) with b = B / process_count, which is the order in which
@@ -22,9 +25,15 @@ import dataclasses
 import numpy as np
 from grain.experimental import index_shuffle
 
+from mosaics_jax.data import packing
 from mosaics_jax.data.corpus import DataError
 
-PACKINGS = ("random_windows", "documents")
+PACKINGS = ("random_windows", "documents", "whole_documents")
+
+
+def with_segments(packing: str) -> bool:
+  """Whether batches of ``packing`` carry segment ids (documents kept apart)."""
+  return packing != "random_windows"
 
 
 def encode_stream(documents, tokenizer) -> np.ndarray:
@@ -53,10 +62,13 @@ class WindowBatches:
   eot: int
   process_index: int = 0
   process_count: int = 1
+  documents: packing.WholeDocuments | None = None  # the index, for whole_documents
 
   def __post_init__(self):
     if self.packing not in PACKINGS:
       raise DataError(f"Unknown packing {self.packing!r}; choose one of {PACKINGS}.")
+    if (self.packing == "whole_documents") != (self.documents is not None):
+      raise ValueError("whole_documents packing, and only it, takes a documents index")
     if self.global_batch % self.process_count:
       raise DataError(f"Global batch {self.global_batch} does not split over "
                       f"{self.process_count} processes; use a multiple.")
@@ -64,7 +76,8 @@ class WindowBatches:
       raise DataError(f"The corpus has {len(self.stream)} tokens, fewer than one window of "
                       f"{self.seq_len + 1}: use more data or a shorter seq_len.")
     self.local_batch = self.global_batch // self.process_count
-    self.num_windows = (len(self.stream) - 1) // self.seq_len
+    self.num_windows = (len(self.documents) if self.documents is not None
+                        else (len(self.stream) - 1) // self.seq_len)
 
   def window_start(self, index: int) -> int:
     if self.packing == "random_windows":
@@ -77,27 +90,54 @@ class WindowBatches:
     return index_shuffle(position, max_index=self.num_windows - 1, seed=seed,
                          rounds=4) * self.seq_len
 
+  def window(self, index: int) -> np.ndarray:
+    """Global window ``index``: seq_len + 1 tokens (-1 after a whole-document window's end)."""
+    if self.documents is None:
+      start = self.window_start(index)
+      return np.asarray(self.stream[start:start + self.seq_len + 1], np.int32)
+    epoch, position = divmod(index, self.num_windows)
+    seed = int(np.random.default_rng([self.seed, epoch]).integers(0, 2**31))
+    shuffled = index_shuffle(position, max_index=self.num_windows - 1, seed=seed, rounds=4)
+    return document_window(self.stream, self.documents, shuffled, self.seq_len)
+
   def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
     first = batch_index * self.global_batch + self.process_index * self.local_batch
-    starts = [self.window_start(i) for i in range(first, first + self.local_batch)]
-    windows = np.stack([self.stream[s:s + self.seq_len + 1] for s in starts]).astype(np.int32)
-    return batch_from_windows(windows, self.eot, self.packing == "documents")
+    windows = np.stack([self.window(i) for i in range(first, first + self.local_batch)])
+    return batch_from_windows(windows, self.eot, with_segments(self.packing))
 
 
-def batch_from_windows(windows: np.ndarray, eot: int, with_segments: bool) -> dict[str, np.ndarray]:
-  batch = {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
-  if with_segments:
-    batch["segment_ids"] = segments_of(windows, eot)
+def document_window(stream, documents: packing.WholeDocuments, index: int,
+                    seq_len: int) -> np.ndarray:
+  """Whole-document window ``index`` of ``stream``, padded with -1 to seq_len + 1 tokens."""
+  start, stop = documents.window(index)
+  window = np.full(seq_len + 1, -1, np.int32)
+  tokens = stream[start:min(stop + 1, len(stream))]
+  window[:len(tokens)] = tokens
+  return window
+
+
+def batch_from_windows(windows: np.ndarray, eot: int, segments: bool) -> dict[str, np.ndarray]:
+  """Inputs and targets of (b, T+1) windows; padding (-1) is an ignored target, and an
+  end-of-text input (so it starts segments of its own, read by no real token)."""
+  tokens = np.where(windows < 0, eot, windows)
+  batch = {"inputs": tokens[:, :-1], "targets": windows[:, 1:]}
+  if segments:
+    batch["segment_ids"] = segments_of(tokens, eot)
   return batch
 
 
 def evaluation_batches(stream: np.ndarray, seq_len: int, global_batch: int, num_batches: int,
-                       eot: int, with_segments: bool, process_index: int = 0,
-                       process_count: int = 1) -> list[dict[str, np.ndarray]]:
+                       eot: int, packing_name: str, process_index: int = 0,
+                       process_count: int = 1,
+                       documents: packing.WholeDocuments | None = None
+                       ) -> list[dict[str, np.ndarray]]:
   """The first ``num_batches`` batches of consecutive windows of a held-out stream (this
-  process's slices); fewer when the stream is short, at least one."""
+  process's slices; whole-document windows in order, given their index); fewer when the
+  stream is short, at least one."""
   local = global_batch // process_count
-  available = (len(stream) - 1) // seq_len // global_batch
+  segments = with_segments(packing_name)
+  available = ((len(stream) - 1) // seq_len if documents is None
+               else len(documents)) // global_batch
   if available < 1:
     raise DataError(f"The validation corpus has {len(stream)} tokens, less than one batch of "
                     f"{global_batch} x {seq_len + 1}: use more validation text or a smaller "
@@ -105,7 +145,11 @@ def evaluation_batches(stream: np.ndarray, seq_len: int, global_batch: int, num_
   out = []
   for g in range(min(num_batches, available)):
     first = g * global_batch + process_index * local
-    windows = np.stack([stream[(first + j) * seq_len:(first + j) * seq_len + seq_len + 1]
-                        for j in range(local)]).astype(np.int32)
-    out.append(batch_from_windows(windows, eot, with_segments))
+    if documents is None:
+      windows = np.stack([stream[(first + j) * seq_len:(first + j) * seq_len + seq_len + 1]
+                          for j in range(local)]).astype(np.int32)
+    else:
+      windows = np.stack([document_window(stream, documents, first + j, seq_len)
+                          for j in range(local)])
+    out.append(batch_from_windows(windows, eot, segments))
   return out

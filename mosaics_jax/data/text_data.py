@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 from mosaics_jax import storage
-from mosaics_jax.data import (corpus, pipeline, preparation, store, text,
+from mosaics_jax.data import (corpus, packing, pipeline, preparation, store, text,
                               tokenizer as tokenizers)
 from mosaics_jax.data.corpus import DataError
 from mosaics_jax.data.pipeline import Data
@@ -27,7 +27,7 @@ def text_data(config, *, seed: int, workdir: str, process_index: int = 0,
     raise DataError(f"The training store ({config.train_files}) and the validation store "
                     f"({config.validation_files}) were made with different tokenizers; prepare "
                     "both with the same --tokenizer.")
-  return _stores_data(train, validation, config, tok, seed, process_index, process_count)
+  return _stores_data(train, validation, config, tok, seed, process_index, process_count, cache)
 
 
 def _tokenizer(config, cache) -> tokenizers.Tokenizer | None:
@@ -78,12 +78,15 @@ def _token_store(files: str, config, cache, split: str, tok):
                              text_field=config.text_field, workers=1, log=lambda _: None), tok
 
 
-def _stores_data(train, validation, config, tok, seed, process_index, process_count) -> Data:
+def _stores_data(train, validation, config, tok, seed, process_index, process_count,
+                 cache) -> Data:
+  train_index, validation_index = (_whole_documents(found, config, cache)
+                                   for found in (train, validation))
   batches = text.WindowBatches(train, config.seq_len, config.batch_size, config.packing,
-                               seed, train.eot_id, process_index, process_count)
+                               seed, train.eot_id, process_index, process_count, train_index)
   evaluation = text.evaluation_batches(
       validation, config.seq_len, config.batch_size, config.eval_batches, validation.eot_id,
-      config.packing == "documents", process_index, process_count)
+      config.packing, process_index, process_count, validation_index)
   description = (f"{_documents(train):,} training documents ({len(train):,} tokens), "
                  f"{_documents(validation):,} validation documents ({len(validation):,} "
                  f"tokens), vocabulary {train.vocab_size:,}")
@@ -92,6 +95,19 @@ def _stores_data(train, validation, config, tok, seed, process_index, process_co
                                                   for s in train.manifest["shards"]])
   return Data(functools.partial(pipeline.train_iterator, batches, config.num_workers),
               evaluation, train.vocab_size, tok, description, fingerprint=fingerprint)
+
+
+def _whole_documents(found, config, cache) -> packing.WholeDocuments | None:
+  """A store's whole-document index for ``packing="whole_documents"``: built here for the
+  stores prepared into the workdir, else made by prepare (``--whole_document_windows``)."""
+  if config.packing != "whole_documents":
+    return None
+  try:
+    return packing.WholeDocuments.open(found, config.seq_len)
+  except DataError:
+    if not str(found.directory).startswith(str(cache)):
+      raise
+    return packing.build(found, config.seq_len)
 
 
 def _documents(found) -> int:
@@ -116,7 +132,7 @@ def documents_data(train_documents: list[str], validation_documents: list[str], 
       shard = preparation.write_shard(documents, directory, 0, tok, source)
       preparation.write_manifest(directory, [shard], tok)
     stores.append(store.TokenStore.open(directory))
-  data = _stores_data(*stores, config, tok, seed, process_index, process_count)
+  data = _stores_data(*stores, config, tok, seed, process_index, process_count, cache)
   if description:
     data.description = f"{description}: {data.description}"
   return data

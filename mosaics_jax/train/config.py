@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
       tokenizer=dict(model_file="", vocab_size=4096, model_type="unigram"),
       seq_len=512,
       batch_size=32,              # global, in sequences
-      packing="random_windows",   # the official recipe | "documents" (segment ids)
+      packing="random_windows",   # the official recipe | "documents" | "whole_documents"
       eval_batches=10,
       num_workers=0,              # grain worker processes for the training batches
   ))

@@ -201,13 +201,20 @@ def test_the_prepare_command_trains_its_tokenizer_once_and_fails_clearly(tmp_pat
   raw, _ = shards
   command = [sys.executable, "-m", "mosaics_jax.data.prepare",
              f"--inputs={raw}/a.txt.gz,{raw}/d.txt", f"--output={tmp_path / 's'}",
-             "--tokenizer=sentencepiece:320", "--workers=2", "--verify"]
+             "--tokenizer=sentencepiece:320", "--workers=2", "--verify",
+             "--whole_document_windows=32,64"]
   done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "tokens in 2 shards, uint16, vocabulary 320, checksums verified" in done.stdout
+  assert "whole-document windows of 32" in done.stdout and (tmp_path / "s" / "windows-64" /
+                                                            "index.json").exists()
   saved = tokenizers.Tokenizer.load(str(tmp_path / "s" / "tokenizer.model"))
   assert store.TokenStore.open(tmp_path / "s").tokenizer_hash == saved.hash
   bad = subprocess.run(command[:3] + [f"--inputs={raw}/nothing*", f"--output={tmp_path / 'x'}",
                                       "--tokenizer=sentencepiece:320"],
                        capture_output=True, text=True, timeout=300, check=False)
   assert bad.returncode == 1 and "error: No file matches" in bad.stderr
+  unprepared = subprocess.run(command[:3] + [f"--output={tmp_path / 'x'}",
+                                             "--whole_document_windows=32"],
+                              capture_output=True, text=True, timeout=300, check=False)
+  assert unprepared.returncode == 1 and "has no manifest.json" in unprepared.stderr

@@ -84,11 +84,11 @@ def test_iterator_state_resumes_exactly():
 
 def test_evaluation_batches_are_consecutive_windows():
   stream = _stream(8 * 9 + 1)
-  batches = text.evaluation_batches(stream, 8, 4, num_batches=5, eot=EOT, with_segments=True)
+  batches = text.evaluation_batches(stream, 8, 4, num_batches=5, eot=EOT, packing_name="documents")
   assert len(batches) == 2  # 9 windows -> 2 full batches of 4
   np.testing.assert_array_equal(batches[1]["inputs"][0], stream[32:40])
   with pytest.raises(DataError, match="less than one batch"):
-    text.evaluation_batches(stream[:20], 8, 4, 1, EOT, False)
+    text.evaluation_batches(stream[:20], 8, 4, 1, EOT, "random_windows")
   with pytest.raises(DataError, match="fewer than one window"):
     text.WindowBatches(stream[:5], 8, 4, "random_windows", 0, EOT)
 
