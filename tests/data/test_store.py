@@ -1,11 +1,13 @@
-"""Token stores: prepare (compressed and Parquet shards, workers, restarts), windows across
-shards, the official train.bin, training on a store, and every bad input."""
+"""Token stores: prepare (compressed and Parquet shards, workers, restarts, a real kill),
+windows across shards, the official train.bin, training on a store, and every bad input."""
 
 import gzip
+import json
+import os
+import pickle
 import subprocess
 import sys
-import json
-import pickle
+import time
 
 import ml_collections
 import numpy as np
@@ -218,3 +220,41 @@ def test_the_prepare_command_trains_its_tokenizer_once_and_fails_clearly(tmp_pat
                                              "--whole_document_windows=32"],
                               capture_output=True, text=True, timeout=300, check=False)
   assert unprepared.returncode == 1 and "has no manifest.json" in unprepared.stderr
+
+
+def test_prepare_killed_mid_shard_and_rerun_redoes_only_the_unfinished(tmp_path, documents, tok):
+  """A real SIGKILL while shard 1 is half written: its input is a pipe that stops after the
+  first chunk of documents, so the kill lands at a known place."""
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  (raw / "a.txt").write_text("\n".join(documents[:200]))
+  (raw / "c.txt").write_text("\n".join(documents[200:]))
+  piped = "\n".join(documents * 3).encode() + b"\n"  # 1,200 documents: more than one chunk
+  os.mkfifo(raw / "b.txt")
+  tok.save(tmp_path / "tok.model")
+  out = tmp_path / "out"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "mosaics_jax.data.prepare", f"--inputs={raw}/*", f"--output={out}",
+       f"--tokenizer={tmp_path / 'tok.model'}", "--format=lines", "--workers=1"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  with open(raw / "b.txt", "wb", buffering=0) as pipe:  # opens when prepare reaches shard 1
+    pipe.write(piped)
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size for p in out.glob("shard-00001.bin.tmp*")):
+      assert time.monotonic() < deadline and process.poll() is None, process.stdout.read()
+      time.sleep(0.05)
+    process.kill()
+    process.wait()
+  assert (out / "shard-00000.json").exists() and not (out / "shard-00001.json").exists()
+  assert not (out / "manifest.json").exists()
+  first = (out / "shard-00000.bin").stat().st_mtime_ns
+  (raw / "b.txt").unlink()
+  (raw / "b.txt").write_bytes(piped)
+
+  lines = []
+  preparation.prepare(f"{raw}/*", out, tok, fmt="lines", log=lines.append)
+  assert lines[0] == "prepare: 1 of 3 shards already done; 2 to go"
+  assert (out / "shard-00000.bin").stat().st_mtime_ns == first
+  preparation.prepare(f"{raw}/*", tmp_path / "straight", tok, fmt="lines", log=lambda _: None)
+  finished = {name: data for name, data in files(out).items() if ".tmp" not in name}
+  assert finished == files(tmp_path / "straight")
