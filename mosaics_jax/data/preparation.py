@@ -5,7 +5,14 @@ corpora in ``data/text_data.py``.
 Each input file becomes one shard, written whole (its record last), so a prepare that was
 killed and is run again skips the finished shards and redoes the rest; memory stays at one
 chunk of documents per worker; a shard's bytes depend only on its file and the tokenizer,
-never on the number of workers. ``manifest.json`` is written when every shard is done.
+never on the number of workers or the runner. ``manifest.json`` is written when every shard
+is done.
+
+Runners: ``local``, a process pool on this machine; ``beam``, an Apache Beam pipeline (the
+same per-shard function as a ``beam.Map``) for corpora one machine is too slow for: Dataflow,
+Flink or Spark by their pipeline options, the DirectRunner by default. Beam workers write the
+shards straight to the output (a bucket, for a cluster); the driver then reads their records
+and writes the manifest, so a failed pipeline, rerun, also redoes only the unfinished shards.
 
 ``--tokenizer``: any ``tokenizer.load`` spec (a SentencePiece ``.model``, ``tiktoken:gpt2=PATH``,
 a Hugging Face ``tokenizer.json``), or ``sentencepiece:VOCAB`` to train one
@@ -152,9 +159,49 @@ def resolve_tokenizer(spec: str, paths: list[str], fmt: str, text_field: str, ou
   return tokenizers.load(spec)
 
 
+def _run_local(todo: list[tuple], workers: int, log) -> None:
+  if workers > 1 and len(todo) > 1:
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
+      for record in pool.imap_unordered(_prepare_file, todo):
+        log(f"prepare: {record['source']}: {record['tokens']:,} tokens")
+  else:
+    for task in todo:
+      record = _prepare_file(task)
+      log(f"prepare: {record['source']}: {record['tokens']:,} tokens")
+
+
+def _run_beam(todo: list[tuple], pipeline_options: list[str], log) -> None:
+  """One ``beam.Map(_prepare_file)`` over the unfinished shards; a reshuffle first, so a
+  distributed runner spreads the shards over its workers instead of fusing them into one."""
+  try:
+    import apache_beam as beam  # pylint: disable=import-outside-toplevel
+    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise DataError("--runner=beam needs Apache Beam: pip install 'mosaics_jax[beam]' (and "
+                    "the runner's own extra, e.g. apache-beam[gcp] for Dataflow).") from error
+  log(f"prepare: a Beam pipeline over {len(todo)} shards, options {pipeline_options or '(none)'}")
+  try:
+    with beam.Pipeline(options=PipelineOptions(pipeline_options)) as pipeline:
+      _ = (pipeline | "shards" >> beam.Create(todo) | beam.Reshuffle()
+           | "tokenize" >> beam.Map(_prepare_file))
+  except DataError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except
+    # Runners wrap a worker's exception in their own; keep its message, which names the input.
+    raise DataError(f"the Beam pipeline failed: {error}\nFix the input and run the same "
+                    "command again: the shards already written are kept.") from error
+
+
+RUNNERS = ("local", "beam")
+
+
 def prepare(inputs: str, output, tokenizer, *, fmt: str = "auto", text_field: str = "text",
-            workers: int = 1, log=print) -> store_lib.TokenStore:
-  """Prepare the files matching ``inputs`` into a store at ``output`` (see the docstring)."""
+            workers: int = 1, runner: str = "local", pipeline_options: list[str] = (),
+            log=print) -> store_lib.TokenStore:
+  """Prepare the files matching ``inputs`` into a store at ``output`` (see the docstring);
+  ``workers`` for the local runner, ``pipeline_options`` (Beam's own flags) for Beam."""
+  if runner not in RUNNERS:
+    raise DataError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}.")
   paths = corpus.resolve_paths(inputs)
   if isinstance(tokenizer, str):
     tokenizer = resolve_tokenizer(tokenizer, paths, fmt, text_field, output)
@@ -174,14 +221,13 @@ def prepare(inputs: str, output, tokenizer, *, fmt: str = "auto", text_field: st
       records[index] = done
   if records:
     log(f"prepare: {len(records)} of {len(paths)} shards already done; {len(todo)} to go")
-  if workers > 1 and len(todo) > 1:
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(todo))) as pool:
-      for record in pool.imap_unordered(_prepare_file, todo):
-        records[paths.index(record["source"])] = record
-        log(f"prepare: {record['source']}: {record['tokens']:,} tokens")
-  else:
-    for task in todo:
-      record = _prepare_file(task)
-      records[task[0]] = record
-      log(f"prepare: {record['source']}: {record['tokens']:,} tokens")
+  if todo and runner == "beam":
+    _run_beam(todo, list(pipeline_options), log)
+  elif todo:
+    _run_local(todo, workers, log)
+  for index, path, *_ in todo:  # what the workers wrote, read back as a resumed run would
+    records[index] = _finished(output, index, source_record(path), tokenizer.hash)
+    if records[index] is None:
+      raise DataError(f"shard {index} ({path}) was not written by the {runner} runner; run "
+                      "the same command again to redo it.")
   return write_manifest(output, [records[i] for i in range(len(paths))], tokenizer)

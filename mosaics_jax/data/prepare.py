@@ -3,6 +3,15 @@ r"""Tokenize a corpus once into a token store, shard by shard (``data/preparatio
     python -m mosaics_jax.data.prepare --inputs='/data/stories/*.jsonl.gz' \
         --output=gs://BUCKET/stories-sp32k --tokenizer=sentencepiece:32000 --workers=16
 
+On a Beam cluster, the same command with ``--runner=beam`` and Beam's own options after ``--``:
+
+    python -m mosaics_jax.data.prepare --inputs='gs://BUCKET/raw/*.jsonl.gz' \
+        --output=gs://BUCKET/stories-sp32k --tokenizer=gs://BUCKET/sp32k.model --runner=beam \
+        -- --runner=DataflowRunner --project=PROJECT --region=REGION \
+        --temp_location=gs://BUCKET/tmp --extra_package=dist/mosaics_jax-0.1.0-py3-none-any.whl
+
+(the wheel from ``pip wheel --no-deps . -w dist``, so Dataflow's workers have the tokenizers).
+
 Then train on it with ``--config.data.train_files=gs://BUCKET/stories-sp32k`` (and
 ``validation_files``). A killed prepare, run again, redoes only its unfinished shards.
 ``--whole_document_windows=4096`` also builds the index ``packing="whole_documents"`` reads
@@ -22,9 +31,10 @@ from mosaics_jax.data.corpus import DataError
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
   values = flags.FLAGS
+  if len(argv) > 1 and values.runner != "beam":
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag (only "
+                         "--runner=beam takes Beam's pipeline options, after --)")
   try:
     lengths = [int(n) for n in values.whole_document_windows]
   except ValueError as error:
@@ -39,7 +49,8 @@ def main(argv) -> None:
     else:
       prepared = preparation.prepare(",".join(values.inputs), values.output, values.tokenizer,
                                      fmt=values.format, text_field=values.text_field,
-                                     workers=values.workers)
+                                     workers=values.workers, runner=values.runner,
+                                     pipeline_options=argv[1:])
     if values.verify:
       prepared.verify()
     windows = [len(packing.build(prepared, n)) for n in lengths]
@@ -60,7 +71,11 @@ if __name__ == "__main__":
                       "tokenizer.json, or sentencepiece:VOCAB to train one.")
   flags.DEFINE_enum("format", "auto", list(corpus.FORMATS), "Input format (auto: by extension).")
   flags.DEFINE_string("text_field", "text", "The document field of JSONL and Parquet inputs.")
-  flags.DEFINE_integer("workers", os.cpu_count() or 1, "Processes, one input file each at a time.")
+  flags.DEFINE_enum("runner", "local", list(preparation.RUNNERS),
+                    "local: a pool of --workers processes; beam: an Apache Beam pipeline, its "
+                    "options after -- (the DirectRunner without them).")
+  flags.DEFINE_integer("workers", os.cpu_count() or 1,
+                       "Local runner: processes, one input file each at a time.")
   flags.DEFINE_bool("verify", False, "Also check every shard's SHA-256 (reads the whole store).")
   flags.DEFINE_list("whole_document_windows", [],
                     "seq_len values to index the store for packing='whole_documents'.")

@@ -65,6 +65,26 @@ def test_prepare_is_the_stream_of_every_shard_and_independent_of_workers(tmp_pat
   assert (one[manifest["shards"][1]["offset"]:][starts] == tok.eot_id).all()
 
 
+def test_the_beam_runner_writes_the_local_runners_bytes_and_resumes(tmp_path, shards, tok):
+  """The Beam DirectRunner, with two shards already done: it redoes the other two only, and
+  the store is byte-identical to the local runner's; a bad input fails with its name."""
+  raw, _ = shards
+  local = preparation.prepare(f"{raw}/*", tmp_path / "local", tok, log=lambda _: None)
+  preparation.prepare(f"{raw}/[ab]*", tmp_path / "beam", tok, log=lambda _: None)
+  (tmp_path / "beam" / "manifest.json").unlink()
+  lines = []
+  beam = preparation.prepare(f"{raw}/*", tmp_path / "beam", tok, runner="beam",
+                             pipeline_options=["--runner=DirectRunner"], log=lines.append)
+  assert lines[0] == "prepare: 2 of 4 shards already done; 2 to go"
+  assert files(tmp_path / "beam") == files(tmp_path / "local")
+  np.testing.assert_array_equal(beam[:], local[:])
+  (raw / "latin.txt").write_bytes(b"fine\ncaf\xe9\n")
+  with pytest.raises(DataError, match=r"latin.txt:2 is not UTF-8"):
+    preparation.prepare(str(raw / "latin.txt"), tmp_path / "bad", tok, runner="beam",
+                        log=lambda _: None)
+  assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
 def test_windows_cross_shard_boundaries_as_in_one_array(tmp_path, shards, tok):
   raw, _ = shards
   prepared = preparation.prepare(f"{raw}/*", tmp_path / "s", tok, log=lambda _: None)
@@ -220,6 +240,16 @@ def test_the_prepare_command_trains_its_tokenizer_once_and_fails_clearly(tmp_pat
                                              "--whole_document_windows=32"],
                               capture_output=True, text=True, timeout=300, check=False)
   assert unprepared.returncode == 1 and "has no manifest.json" in unprepared.stderr
+  beam = subprocess.run(command[:4] + [f"--output={tmp_path / 'b'}", "--runner=beam",
+                                       f"--tokenizer={tmp_path / 's' / 'tokenizer.model'}",
+                                       "--", "--runner=DirectRunner"],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert beam.returncode == 0, beam.stderr[-2000:]
+  shards_of = lambda d: {p.name: p.read_bytes() for p in sorted(d.glob("shard-*"))}
+  assert shards_of(tmp_path / "b") == shards_of(tmp_path / "s")
+  stray = subprocess.run(command + ["--", "--runner=DirectRunner"], capture_output=True,
+                         text=True, timeout=300, check=False)
+  assert stray.returncode == 1 and "only --runner=beam takes" in stray.stderr
 
 
 def test_prepare_killed_mid_shard_and_rerun_redoes_only_the_unfinished(tmp_path, documents, tok):
