@@ -77,15 +77,6 @@ def init_cache(model, batch_size: int, max_length: int, mesh=None):
   return jax.jit(make, out_shardings=shardings)()
 
 
-def _rows_on(mesh, *arrays):
-  """Host arrays of rows placed on ``mesh`` (split like a batch where the rows divide over
-  its batch axes, else replicated); unchanged without a mesh."""
-  if mesh is None:
-    return arrays
-  placement = _rows_sharding(mesh, arrays[0].shape[0])
-  return tuple(jax.device_put(array, placement) for array in arrays)
-
-
 def abstract_cache(model, batch_size: int, max_length: int):
   """Shapes and dtypes of ``init_cache``, allocating nothing (``jax.eval_shape``)."""
   return jax.eval_shape(lambda: _empty_cache(model, batch_size, max_length))
@@ -99,20 +90,13 @@ def _row_axis(path) -> int:
   return 1 if getattr(path[0], "key", "") == stack.SCANNED else 0
 
 
-def _rows_sharding(mesh, rows: int) -> NamedSharding:
-  """Rows split like a batch where the mesh's batch axes divide them, else replicated."""
-  if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
-    return sharding.batch_sharding(mesh)
-  return NamedSharding(mesh, PartitionSpec())
-
-
 def cache_shardings(cache, mesh):
   """NamedShardings for a cache on ``mesh``: rows (sequences) split like a batch where the
   batch axes divide them; the step counter and slot positions, shared by all rows, replicated."""
   def pick(path, leaf):
     if getattr(path[-1], "key", "") in _SHARED_BY_ROWS or not leaf.ndim:
       return NamedSharding(mesh, PartitionSpec())
-    rows = _rows_sharding(mesh, leaf.shape[_row_axis(path)])
+    rows = sharding.rows_sharding(mesh, leaf.shape[_row_axis(path)])
     return NamedSharding(mesh, PartitionSpec(*(None,) * _row_axis(path), *rows.spec))
 
   return jax.tree_util.tree_map_with_path(pick, cache)
@@ -182,14 +166,16 @@ def fixed_shape_batches(prompts: Sequence[Sequence[int]], batch_size: int, width
 
 
 def greedy_in_batches(model, params, prompts: Sequence[Sequence[int]], *, width: int, steps: int,
-                      batch_size: int, cache=None) -> list[list[int]]:
+                      batch_size: int, cache=None, mesh=None) -> list[list[int]]:
   """Greedy continuations of ``steps`` tokens, in ``fixed_shape_batches`` of prompts padded to
-  ``width``, from ``cache`` (an empty ``init_cache(model, batch_size, width + steps)``; made
-  here when None): many prompts, one compiled decoding program."""
+  ``width``, from ``cache`` (an empty ``init_cache(model, batch_size, width + steps, mesh)``;
+  made here when None): many prompts, one compiled decoding program. ``mesh`` as in
+  ``sample``."""
   if cache is None:
-    cache = init_cache(model, batch_size, width + steps)
+    cache = init_cache(model, batch_size, width + steps, mesh)
   out = []
   for tokens, segments, _, count in fixed_shape_batches(prompts, batch_size, width):
+    tokens, segments = sharding.rows_on(mesh, tokens, segments)
     continued = sample_with_cache(model, params, cache, tokens, segments, jax.random.key(0),
                                   steps=steps, temperature=0.0, top_k=0, top_p=1.0)
     out += np.asarray(jax.device_get(continued))[:count].tolist()
@@ -208,7 +194,7 @@ def sample(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
   """Continue each prompt by ``max_new_tokens`` sampled tokens. With ``mesh`` (``params``
   sharded on it, e.g. by ``checkpoint.load_run(..., mesh=mesh)``), the prompts and the
   decoding cache are split over it like a batch, and the steps run there."""
-  tokens, segments = _rows_on(mesh, *left_pad(prompts))
+  tokens, segments = sharding.rows_on(mesh, *left_pad(prompts))
   kwargs = dict(steps=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
   if use_cache:
     cache = init_cache(model, len(prompts), tokens.shape[1] + max_new_tokens, mesh)
@@ -268,7 +254,8 @@ def beam_search(model, params, prompts: Sequence[Sequence[int]], *, beam_size: i
 
   Score: total log-probability / length ** ``length_penalty``; a beam that emits ``eos_id``
   stops there (its tokens end with it). ``mesh`` as in ``sample``."""
-  tokens, segments = _rows_on(mesh, *left_pad([p for p in prompts for _ in range(beam_size)]))
+  tokens, segments = sharding.rows_on(mesh,
+                                      *left_pad([p for p in prompts for _ in range(beam_size)]))
   cache = init_cache(model, tokens.shape[0], tokens.shape[1] + max_new_tokens, mesh)
   scores, out, lengths = jax.device_get(_beam_search(
       model, params, cache, tokens, segments, beams=beam_size, steps=max_new_tokens,

@@ -17,24 +17,26 @@ the paper observes that heads with slower leaky averages spread over more recent
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 
 import jax
 import numpy as np
+from absl import flags
 
 from mosaics_jax.data import corpus, text
-from mosaics_jax.evaluate import plotting, position_loss
+from mosaics_jax.evaluate import command, plotting, position_loss
 from mosaics_jax.layers.features import EXP_PARAM_SCALE
 from mosaics_jax.models import stack
+from mosaics_jax.train import sharding
 
 SOWN = "last_query_weights"
 RECENT = 64  # positions searched for the recent-token peak
 
 
-def last_token_attention(model, params, windows: np.ndarray,
-                         batch_size: int = 8) -> dict[str, np.ndarray]:
-  """{memory path: (H, T) weights of the last token over positions, averaged over windows}."""
+def last_token_attention(model, params, windows: np.ndarray, batch_size: int = 8,
+                         mesh=None) -> dict[str, np.ndarray]:
+  """{memory path: (H, T) weights of the last token over positions, averaged over windows};
+  with ``mesh`` (``params`` on it), each batch of windows is split over it."""
 
   @jax.jit
   def weights(params, tokens):
@@ -46,7 +48,8 @@ def last_token_attention(model, params, windows: np.ndarray,
 
   total = None
   for start in range(0, len(windows), batch_size):
-    batch = jax.device_get(weights(params, windows[start:start + batch_size].astype(np.int32)))
+    tokens, = sharding.rows_on(mesh, windows[start:start + batch_size].astype(np.int32))
+    batch = jax.device_get(weights(params, tokens))
     total = batch if total is None else {k: total[k] + batch[k] for k in total}
   if not total:
     raise ValueError(f"{type(model).__name__} exposes no {SOWN}: the analyses cover v1/v2 "
@@ -117,31 +120,28 @@ def plot_leaky(relation: dict, path: str) -> None:
   plotting.save(figure, path)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  command.define_common(values, output="attention_maps", text=True, multiples="1,3", windows=32)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
-  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_logging()
-  values = flags.FLAGS
+def run(values) -> dict:
+  """Write one heatmap per run and length (and the leaky-coefficient plots) and
+  attention_maps.json to ``--output``; the summary."""
   documents = corpus.read_documents(values.text, values.format)
-  multiples = [int(m) for m in values.multiples.split(",")]
-  os.makedirs(values.output, exist_ok=True)
+  mesh = command.mesh(values)
+  output = command.Output(values.output)
   summary = {}
-  for spec in values.run:
-    _, name, run = checkpoint.load_run_flag(spec, reading=values.text)
+  for _, name, run in command.load_runs(values, reading=values.text, on=mesh):
     stream = text.encode_stream(documents, run.tokenizer)
     context = run.model.config.context_length
-    for multiple in multiples:
+    for multiple in command.multiples(values):
       if multiple > 1 and getattr(run.model.config, "position", None) == "learned":
         print(f"{name}: learned positions stop at {context} tokens; skipping {multiple}x.")
         continue
       windows = position_loss.consecutive_windows(stream, multiple * context, values.windows)
-      maps = last_token_attention(run.model, run.params, windows[:, :-1])
+      maps = last_token_attention(run.model, run.params, windows[:, :-1], mesh=mesh)
       stem = f"{name}_{multiple}x"
-      plot_maps(maps, os.path.join(values.output, f"{stem}.png"),
+      plot_maps(maps, output.path(f"{stem}.png"),
                 f"{name}: last token's weights, {len(windows)} windows of "
                 f"{multiple * context} tokens")
       entry = {"windows": len(windows), "length": multiple * context,
@@ -150,23 +150,14 @@ def main(argv) -> None:
       relation = leaky_vs_width(maps, run.params)
       if relation["heads"]:
         entry["leaky_vs_width"] = relation
-        plot_leaky(relation, os.path.join(values.output, f"{stem}_leaky.png"))
+        plot_leaky(relation, output.path(f"{stem}_leaky.png"))
         print(f"{stem}: leaky coefficient vs peak width, Spearman "
               f"{relation['spearman'] if relation['spearman'] is not None else 'n/a'}")
       summary[stem] = entry
-      print(f"{stem}: wrote {os.path.join(values.output, stem + '.png')}")
-  with open(os.path.join(values.output, "attention_maps.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+      print(f"{stem}: wrote {output.path(stem + '.png')}")
+  output.write_json("attention_maps.json", summary)
+  return summary
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per model.")
-  flags.DEFINE_string("text", None, "Held-out text file(s) or glob.")
-  flags.DEFINE_string("format", "auto", "text, jsonl, babistories, parquet or auto.")
-  flags.DEFINE_string("multiples", "1,3", "Context lengths, as multiples of training context.")
-  flags.DEFINE_integer("windows", 32, "At most this many windows per length.")
-  flags.DEFINE_string("output", "attention_maps", "Directory for the plots and the JSON.")
-  flags.mark_flags_as_required(["run", "text"])
-  app.run(main)
+  command.main(sys.modules[__name__])

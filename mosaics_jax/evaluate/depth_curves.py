@@ -12,24 +12,24 @@ validation loss per model and depth).
 from __future__ import annotations
 
 import json
-import os
+import sys
 
 import numpy as np
+from absl import flags
 
-from mosaics_jax.evaluate import plotting
+from mosaics_jax import storage
+from mosaics_jax.evaluate import command, plotting
 from mosaics_jax.train import metrics
 
 
 def read_run(workdir: str) -> dict[str, dict]:
-  """{model: {'depth', 'train': [(step, loss)], 'validation': [(step, loss)]}} of one workdir."""
+  """{model: {'depth', 'train': [(step, loss)], 'validation': [(step, loss)]}} of one workdir
+  (local or in a bucket)."""
   out = {}
-  for name in sorted(os.listdir(workdir)):
-    config_path = os.path.join(workdir, name, "model_config.json")
-    if not os.path.exists(config_path):
-      continue
-    with open(config_path) as f:
-      depth = json.load(f)["num_layers"]
-    rows = metrics.read_metrics(os.path.join(workdir, name))
+  for config_path in sorted(storage.path(workdir).glob("*/model_config.json")):
+    name = config_path.parent.name
+    depth = json.loads(config_path.read_text())["num_layers"]
+    rows = metrics.read_metrics(config_path.parent)
     out[name] = {
         "depth": depth,
         "train": sorted({r["step"]: r["train/loss"] for r in rows if "train/loss" in r}.items()),
@@ -94,27 +94,27 @@ def collect(workdirs: list[str]) -> dict[int, dict[str, dict]]:
   return runs
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_list("workdirs", None, "Workdirs (local or in a bucket), one per depth.",
+                    flag_values=values)
+  flags.DEFINE_string("output", "depth_curves", "Directory (local or a bucket) for the plot and "
+                      "the table.", flag_values=values)
+  flags.mark_flag_as_required("workdirs", flag_values=values)
 
-  values = flags.FLAGS
-  runs = collect([w for w in values.workdirs.split(",") if w])
-  os.makedirs(values.output, exist_ok=True)
-  plot(runs, os.path.join(values.output, "depth_curves.png"))
+
+def run(values) -> dict:
+  """Write depth_curves.png and .md to ``--output``; {depth: {model: curves}}."""
+  runs = collect([w for w in values.workdirs if w])
+  output = command.Output(values.output)
+  plot(runs, output.path("depth_curves.png"))
   markdown = table(runs)
-  with open(os.path.join(values.output, "depth_curves.md"), "w") as f:
-    f.write("# Validation loss by depth\n\n" + markdown)
+  output.write_text("depth_curves.md", "# Validation loss by depth\n\n" + markdown)
   print(markdown)
   best = {d: min(m, key=lambda n: m[n]["validation"][-1][1] if m[n]["validation"] else np.inf)
           for d, m in runs.items()}
   print("lowest validation loss: " + ", ".join(f"depth {d}: {n}" for d, n in sorted(best.items())))
+  return runs
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("workdirs", None, "Comma-separated workdirs, one per depth.")
-  flags.DEFINE_string("output", "depth_curves", "Directory for the plot and the table.")
-  flags.mark_flag_as_required("workdirs")
-  app.run(main)
+  command.main(sys.modules[__name__])

@@ -17,14 +17,14 @@ in-distribution ("persistent knowledge") side. Learned positions stop at 1x. Wri
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+import sys
 
 import numpy as np
+from absl import flags
 
 from mosaics_jax import models
 from mosaics_jax.data import corpus, text
-from mosaics_jax.evaluate import plotting, position_loss
+from mosaics_jax.evaluate import command, plotting, position_loss
 
 
 def without_long_term(model, params):
@@ -40,13 +40,14 @@ def without_long_term(model, params):
   return models.build_model(dataclasses.replace(config, long_term_memory=False)), drop(params)
 
 
-def length_losses(model, params, stream: np.ndarray, multiples, max_windows: int) -> dict:
+def length_losses(model, params, stream: np.ndarray, multiples, max_windows: int,
+                  mesh=None) -> dict:
   """{k: {'loss', 'beyond', 'windows'}} for windows of k x the model's training context."""
   context = model.config.context_length
   out = {}
   for multiple in multiples:
     windows = position_loss.consecutive_windows(stream, multiple * context, max_windows)
-    curve = position_loss.position_losses(model, params, windows, batch_size=4)
+    curve = position_loss.position_losses(model, params, windows, batch_size=4, mesh=mesh)
     out[multiple] = {"loss": float(curve.mean()),
                      "beyond": float(curve[context:].mean()) if multiple > 1 else None,
                      "windows": len(windows)}
@@ -79,46 +80,37 @@ def plot(results: dict[str, dict], path: str) -> None:
   plotting.save(figure, path)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  command.define_common(values, output="extrapolation", text=True, multiples="1,2,4,8",
+                        windows=16)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
-  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_logging()
-  values = flags.FLAGS
+def run(values) -> dict:
+  """Write extrapolation.md, .json and .png to ``--output``; {model: {k: losses}}."""
   documents = corpus.read_documents(values.text, values.format)
-  multiples = sorted(int(k) for k in values.multiples.split(","))
+  multiples = command.multiples(values)
+  mesh = command.mesh(values)
   results = {}
-  for spec in values.run:
-    _, name, run = checkpoint.load_run_flag(spec, reading=values.text)
+  for _, name, run in command.load_runs(values, reading=values.text, on=mesh):
     stream = text.encode_stream(documents, run.tokenizer)
     reachable = ([1] if getattr(run.model.config, "position", None) == "learned" else multiples)
-    results[name] = length_losses(run.model, run.params, stream, reachable, values.windows)
+    results[name] = length_losses(run.model, run.params, stream, reachable, values.windows,
+                                  mesh)
     if getattr(run.model.config, "version", None) == 2 and run.model.config.long_term_memory:
       ablated, params = without_long_term(run.model, run.params)
       results[f"{name} without long-term memory"] = length_losses(ablated, params, stream,
-                                                                  multiples, values.windows)
-  os.makedirs(values.output, exist_ok=True)
+                                                                  multiples, values.windows,
+                                                                  mesh)
   markdown = table(results)
-  with open(os.path.join(values.output, "extrapolation.md"), "w") as f:
-    f.write(f"# Loss by evaluation length\n\n{values.text}\n\n{markdown}")
-  with open(os.path.join(values.output, "extrapolation.json"), "w") as f:
-    json.dump({name: {str(k): v for k, v in rows.items()} for name, rows in results.items()}, f,
-              indent=1)
-  plot(results, os.path.join(values.output, "extrapolation.png"))
+  output = command.Output(values.output)
+  output.write_text("extrapolation.md", f"# Loss by evaluation length\n\n{values.text}\n\n"
+                    f"{markdown}")
+  output.write_json("extrapolation.json",
+                    {name: {str(k): v for k, v in rows.items()} for name, rows in results.items()})
+  plot(results, output.path("extrapolation.png"))
   print(markdown)
+  return results
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per model.")
-  flags.DEFINE_string("text", None, "Held-out text file(s) or glob.")
-  flags.DEFINE_string("format", "auto", "text, jsonl, babistories, parquet or auto.")
-  flags.DEFINE_string("multiples", "1,2,4,8", "Evaluation lengths, in training contexts.")
-  flags.DEFINE_integer("windows", 16, "At most this many windows per length.")
-  flags.DEFINE_string("output", "extrapolation", "Directory for the table, JSON and plot.")
-  flags.mark_flags_as_required(["run", "text"])
-  app.run(main)
+  command.main(sys.modules[__name__])

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from mosaics_jax import generate
+from mosaics_jax import generate, storage
 from mosaics_jax.data import icl_classification as icl
-from mosaics_jax.evaluate import plotting
+from mosaics_jax.evaluate import command, plotting
+from mosaics_jax.train import sharding
 
 ORDERS = {"shuffled": True, "grouped": False}
 
@@ -88,8 +90,9 @@ def _candidate_log_likelihoods(model, params, cache, tokens, segments, candidate
 
 def candidate_log_likelihoods(model, params, prompts: list[list[int]],
                               candidates: list[list[list[int]]], *,
-                              batch_size: int) -> np.ndarray:
-  """(episodes, K) log-likelihood of each candidate label (token lists) after each prompt."""
+                              batch_size: int, mesh=None) -> np.ndarray:
+  """(episodes, K) log-likelihood of each candidate label (token lists) after each prompt;
+  with ``mesh`` (``params`` on it), the episodes and the cache are split over it."""
   count = len(candidates[0])
   width = max(len(ids) for row in candidates for ids in row)
   padded = np.zeros((len(prompts), count, width), np.int32)
@@ -97,12 +100,12 @@ def candidate_log_likelihoods(model, params, prompts: list[list[int]],
   for e, row in enumerate(candidates):
     for k, ids in enumerate(row):
       padded[e, k, :len(ids)], lengths[e, k] = ids, len(ids)
-  empty = generate.init_cache(model, batch_size, max(len(p) for p in prompts) + width)
+  empty = generate.init_cache(model, batch_size, max(len(p) for p in prompts) + width, mesh)
   scores = []
   for tokens, segments, index, count in generate.fixed_shape_batches(
       prompts, batch_size, max(len(p) for p in prompts)):
-    scores.append(np.asarray(_candidate_log_likelihoods(
-        model, params, empty, tokens, segments, padded[index], lengths[index]))[:count])
+    placed = sharding.rows_on(mesh, tokens, segments, padded[index], lengths[index])
+    scores.append(np.asarray(_candidate_log_likelihoods(model, params, empty, *placed))[:count])
   return np.concatenate(scores)
 
 
@@ -123,10 +126,11 @@ def _encode(tokenizer, episodes: list[icl.Episode], task: icl.Task):
 
 
 def evaluate_run(model, params, tokenizer, task: icl.Task, *, shots, episodes: int,
-                 batch_size: int = 16, log=print) -> dict:
+                 batch_size: int = 16, log=print, mesh=None) -> dict:
   """{kind: {shots: {accuracy, constrained_accuracy (best prompt order), prompt_tokens,
   orders: {order: {accuracy, constrained_accuracy}}}}}, shot counts whose prompts do not fit
-  a learned-position model left out (with a note through ``log``)."""
+  a learned-position model left out (with a note through ``log``); ``mesh`` as in
+  ``candidate_log_likelihoods``."""
   results: dict = {kind: {} for kind in icl.LABEL_KINDS}
   longest_label = max(len(ids) for ids in tokenizer.encode(
       [label for kind in icl.LABEL_KINDS for label in task.labels(kind)]))
@@ -143,10 +147,11 @@ def evaluate_run(model, params, tokenizer, task: icl.Task, *, shots, episodes: i
       continue
     continuations = generate.greedy_in_batches(
         model, params, prompts, width=max(len(p) for p in prompts), steps=longest_label + 1,
-        batch_size=batch_size)
+        batch_size=batch_size, mesh=mesh)
     texts = [tokenizer.decode(generate.until_token(ids, tokenizer.eot_id))
              for ids in continuations]
-    scores = candidate_log_likelihoods(model, params, prompts, candidates, batch_size=batch_size)
+    scores = candidate_log_likelihoods(model, params, prompts, candidates, batch_size=batch_size,
+                                       mesh=mesh)
     picked = scores.argmax(axis=1) == np.asarray(answers)
     start = 0
     for kind, order, group in groups:
@@ -212,10 +217,9 @@ def task_of_workdir(workdir: str) -> icl.Task:
   """The task a workdir was trained on, from the config.json that training wrote."""
   import ml_collections  # pylint: disable=import-outside-toplevel
 
-  path = os.path.join(workdir, "config.json")
+  path = storage.path(workdir) / "config.json"
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(path.read_text())
   except OSError as error:
     raise ValueError(f"Cannot read {path} ({error}): is {workdir} a training workdir?") \
         from error
@@ -225,50 +229,44 @@ def task_of_workdir(workdir: str) -> icl.Task:
   return icl.Task.from_config(ml_collections.ConfigDict(saved["data"]["icl"]), saved["seed"])
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  command.define_common(values, output="icl_classification")
+  flags.DEFINE_list("shots", ["1", "2", "4", "8"], "Shot counts (examples per class) to evaluate.",
+                    flag_values=values)
+  flags.DEFINE_integer("episodes", 64, "Test episodes per label kind, shot count and order.",
+                       flag_values=values)
+  flags.DEFINE_integer("batch_size", 16, "Episodes per forward pass.", flag_values=values)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
-  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_logging()
-  values = flags.FLAGS
-  shots = sorted(int(s) for s in values.shots.split(","))
+def run(values) -> dict:
+  """Write icl_classification.md, .json and .png to ``--output``; {model: results}."""
+  shots = sorted(int(s) for s in values.shots)
+  mesh = command.mesh(values)
   results, classes = {}, set()
-  for spec in values.run:
-    workdir, name, run = checkpoint.load_run_flag(spec, reading="the episodes")
+  for workdir, name, run in command.load_runs(values, reading="the episodes", on=mesh):
     task = task_of_workdir(workdir)
     classes.add(task.classes)
     print(f"{name} (step {run.step}): {task.classes} classes")
     results[name] = evaluate_run(run.model, run.params, run.tokenizer, task, shots=shots,
-                                 episodes=values.episodes, batch_size=values.batch_size)
+                                 episodes=values.episodes, batch_size=values.batch_size,
+                                 mesh=mesh)
   if len(classes) > 1:
     raise ValueError(f"The runs were trained on tasks with different numbers of classes "
                      f"({sorted(classes)}); compare runs of one experiment.")
   chance = 1 / classes.pop()
-  os.makedirs(values.output, exist_ok=True)
   markdown = table(results, chance)
-  with open(os.path.join(values.output, "icl_classification.md"), "w") as f:
-    f.write(f"# In-context classification: accuracy against shots\n\n{values.episodes} test "
-            f"episodes per label kind, shot count and prompt order; the better order is "
-            f"shown.\n\n{markdown}")
-  with open(os.path.join(values.output, "icl_classification.json"), "w") as f:
-    json.dump({"chance": chance, "episodes": values.episodes,
-               "runs": {name: {kind: {str(s): row for s, row in rows[kind].items()}
-                               for kind in rows} for name, rows in results.items()}},
-              f, indent=1)
-  plot(results, chance, os.path.join(values.output, "icl_classification.png"))
+  output = command.Output(values.output)
+  output.write_text("icl_classification.md", f"# In-context classification: accuracy against "
+                    f"shots\n\n{values.episodes} test episodes per label kind, shot count and "
+                    f"prompt order; the better order is shown.\n\n{markdown}")
+  output.write_json("icl_classification.json", {
+      "chance": chance, "episodes": values.episodes,
+      "runs": {name: {kind: {str(s): row for s, row in rows[kind].items()} for kind in rows}
+               for name, rows in results.items()}})
+  plot(results, chance, output.path("icl_classification.png"))
   print(markdown)
+  return results
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per model.")
-  flags.DEFINE_string("shots", "1,2,4,8", "Shot counts (examples per class) to evaluate.")
-  flags.DEFINE_integer("episodes", 64, "Test episodes per label kind, shot count and order.")
-  flags.DEFINE_integer("batch_size", 16, "Episodes per forward pass.")
-  flags.DEFINE_string("output", "icl_classification", "Directory for the table, JSON and plot.")
-  flags.mark_flags_as_required(["run"])
-  app.run(main)
+  command.main(sys.modules[__name__])

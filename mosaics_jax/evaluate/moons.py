@@ -13,21 +13,16 @@ periods and their lcm marked), ``moons_matrices.png`` (moduli of W_phi, W_psi, W
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import numpy as np
+import optax
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from mosaics_jax.data.moons import (TRAIN_PERIODS, VALIDATION_PERIODS, Moons,  # noqa: E402
-                                    joint_period)
-from mosaics_jax.models.moons import MoonsNetwork  # noqa: E402
+from mosaics_jax.data.moons import TRAIN_PERIODS, VALIDATION_PERIODS, Moons, joint_period
+from mosaics_jax.evaluate import command, plotting
+from mosaics_jax.models.moons import MoonsNetwork
 
 
 def clipped_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
@@ -125,6 +120,7 @@ def _window_mean(errors, contexts, lo, hi) -> float:
 
 
 def plot_errors(path, moons, contexts, curves, horizon) -> None:
+  plt = plotting.pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for axis, (label, periods) in zip(axes, (("training triple", curves["train_periods"]),
                                            ("held-out triple", curves["validation_periods"]))):
@@ -140,13 +136,12 @@ def plot_errors(path, moons, contexts, curves, horizon) -> None:
     axis.grid(alpha=0.3)
   axes[0].set_ylabel(f"mean |prediction - truth|, next {horizon} steps")
   axes[0].legend()
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  plotting.save(figure, path)
 
 
 def plot_matrices(path, matrices: dict[str, dict[str, np.ndarray]]) -> None:
   names = list(matrices)
+  plt = plotting.pyplot()
   figure, axes = plt.subplots(len(names), 3, figsize=(9, 3 * len(names)))
   for row, name in enumerate(names):
     for col, (label, symbol) in enumerate((("phi", r"$|W_\varphi|$"), ("psi", r"$|W_\psi|$"),
@@ -159,14 +154,13 @@ def plot_matrices(path, matrices: dict[str, dict[str, np.ndarray]]) -> None:
       axis.set_xticks(range(3))
       axis.set_yticks(range(3))
       figure.colorbar(image, ax=axis, fraction=0.046)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  plotting.save(figure, path)
 
 
 def run(config, workdir: str) -> dict:
-  """Train both networks, evaluate them, write plots and numbers in ``workdir``."""
-  os.makedirs(workdir, exist_ok=True)
+  """Train both networks, evaluate them, write plots and numbers in ``workdir`` (local or in a
+  bucket)."""
+  output = command.Output(workdir)
   moons = Moons(config.moons.length, config.moons.min_periods)
   evaluation = config.evaluate
   train_periods = TRAIN_PERIODS[evaluation.train_triple]
@@ -199,11 +193,9 @@ def run(config, workdir: str) -> dict:
     result["seconds"] = time.time() - started
     summary[name] = result
     print(f"[three moons] {name}: {json.dumps(result)}", flush=True)
-  plot_errors(os.path.join(workdir, "moons_error.png"), moons, contexts, curves,
-              evaluation.horizon)
-  plot_matrices(os.path.join(workdir, "moons_matrices.png"), matrices)
-  with open(os.path.join(workdir, "moons.json"), "w") as f:
-    json.dump({"summary": summary, "contexts": contexts, "curves": curves,
-               "matrices": {n: {k: m.tolist() for k, m in ms.items()}
-                            for n, ms in matrices.items()}}, f, indent=1)
+  plot_errors(output.path("moons_error.png"), moons, contexts, curves, evaluation.horizon)
+  plot_matrices(output.path("moons_matrices.png"), matrices)
+  output.write_json("moons.json", {"summary": summary, "contexts": contexts, "curves": curves,
+                                   "matrices": {n: {k: m.tolist() for k, m in ms.items()}
+                                                for n, ms in matrices.items()}})
   return summary

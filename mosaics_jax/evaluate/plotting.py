@@ -1,6 +1,11 @@
-"""Plot helpers shared by the evaluations: figures go to PNG files only (the Agg backend)."""
+"""Plot helpers shared by the evaluations: figures go to PNG files only (the Agg backend),
+local or in a bucket."""
 
 from __future__ import annotations
+
+import io
+
+from mosaics_jax import storage
 
 
 def pyplot():
@@ -13,7 +18,9 @@ def pyplot():
 
 
 def save(figure, path: str, dpi: int = 120) -> None:
-  """Lay out, write and close a figure."""
+  """Lay out, write (through ``mosaics_jax.storage``) and close a figure."""
   figure.tight_layout()
-  figure.savefig(path, dpi=dpi)
+  png = io.BytesIO()
+  figure.savefig(png, dpi=dpi, format="png")
   pyplot().close(figure)
+  storage.write_bytes(path, png.getvalue())

@@ -14,15 +14,17 @@ against each other, the position after which the first run's (smoothed) loss sta
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 
 import jax
 import numpy as np
 import optax
+from absl import flags
 
 from mosaics_jax.data import corpus, text
-from mosaics_jax.evaluate import plotting
+from mosaics_jax.evaluate import command, plotting
+from mosaics_jax.train import sharding
 
 
 def consecutive_windows(stream: np.ndarray, seq_len: int, max_windows: int) -> np.ndarray:
@@ -34,8 +36,10 @@ def consecutive_windows(stream: np.ndarray, seq_len: int, max_windows: int) -> n
   return np.stack([stream[i * seq_len:i * seq_len + seq_len + 1] for i in range(count)])
 
 
-def position_losses(model, params, windows: np.ndarray, batch_size: int = 8) -> np.ndarray:
-  """Mean next-token cross-entropy at each position (seq_len,) over the windows."""
+def position_losses(model, params, windows: np.ndarray, batch_size: int = 8,
+                    mesh=None) -> np.ndarray:
+  """Mean next-token cross-entropy at each position (seq_len,) over the windows; with ``mesh``
+  (``params`` on it), each batch of windows is split over it."""
 
   @jax.jit
   def losses(params, window):
@@ -49,7 +53,8 @@ def position_losses(model, params, windows: np.ndarray, batch_size: int = 8) -> 
     if len(chunk) < batch_size:  # one compiled shape: pad with copies, count only real rows
       chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - len(chunk), axis=0)])
     rows = min(batch_size, len(windows) - start)
-    total += np.asarray(jax.device_get(losses(params, chunk.astype(np.int32))))[:rows].sum(0)
+    chunk, = sharding.rows_on(mesh, chunk.astype(np.int32))
+    total += np.asarray(jax.device_get(losses(params, chunk)))[:rows].sum(0)
   return total / len(windows)
 
 
@@ -84,19 +89,21 @@ def plot(curves: dict[str, np.ndarray], path: str, title: str, width: int = 16) 
   plotting.save(figure, path)
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  command.define_common(values, output="position_loss", text=True, windows=64,
+                        run_help="WORKDIR:MODEL, once per model; the first is compared with "
+                        "each other.")
+  flags.DEFINE_integer("seq_len", 0, "Window length; 0: the first model's context length.",
+                       flag_values=values)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
-  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_logging()
-  values = flags.FLAGS
+def run(values) -> dict:
+  """Write position_loss.json and .png to ``--output``; the summary."""
   documents = corpus.read_documents(values.text, values.format)
+  mesh = command.mesh(values)
   curves, streams, seq_len = {}, {}, values.seq_len
-  for spec in values.run:
-    workdir, name, run = checkpoint.load_run_flag(spec, reading=values.text)
+  for workdir, name, run in command.load_runs(values, reading=values.text, on=mesh):
+    spec = f"{workdir}:{name}"
     seq_len = seq_len or run.model.config.context_length
     context = run.model.config.context_length
     if getattr(run.model.config, "position", None) == "learned" and seq_len > context:
@@ -109,34 +116,24 @@ def main(argv) -> None:
                        "models in one workdir, or pass runs that share a tokenizer).")
     streams[spec] = stream
     curves[f"{name} ({os.path.basename(os.path.normpath(workdir))})"] = position_losses(
-        run.model, run.params, consecutive_windows(stream, seq_len, values.windows))
+        run.model, run.params, consecutive_windows(stream, seq_len, values.windows), mesh=mesh)
   names = list(curves)
   summary = {"text": values.text, "seq_len": seq_len, "windows": min(
       values.windows, (len(next(iter(streams.values()))) - 1) // seq_len),
              "mean_loss": {n: float(c.mean()) for n, c in curves.items()},
              "crossover": {n: crossover(curves[names[0]], curves[n]) for n in names[1:]},
              "curves": {n: c.tolist() for n, c in curves.items()}}
-  os.makedirs(values.output, exist_ok=True)
-  with open(os.path.join(values.output, "position_loss.json"), "w") as f:
-    json.dump(summary, f)
-  plot(curves, os.path.join(values.output, "position_loss.png"),
+  output = command.Output(values.output)
+  output.write_json("position_loss.json", summary, indent=None)
+  plot(curves, output.path("position_loss.png"),
        f"{os.path.basename(values.text)}, {summary['windows']} windows of {seq_len}")
   for name in names:
     print(f"{name:40s} mean loss {summary['mean_loss'][name]:.4f}")
   for name, position in summary["crossover"].items():
     print(f"{names[0]} better than {name} " +
           (f"from position {position} on" if position is not None else "not at the window's end"))
+  return summary
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per model; the first is compared "
-                            "with each other.")
-  flags.DEFINE_string("text", None, "Text file(s) or glob (any format mosaics_jax.data reads).")
-  flags.DEFINE_string("format", "auto", "text, jsonl, babistories, parquet or auto.")
-  flags.DEFINE_integer("seq_len", 0, "Window length; 0: the first model's context length.")
-  flags.DEFINE_integer("windows", 64, "At most this many windows.")
-  flags.DEFINE_string("output", "position_loss", "Directory for the plot and the JSON.")
-  flags.mark_flags_as_required(["run", "text"])
-  app.run(main)
+  command.main(sys.modules[__name__])

@@ -11,13 +11,16 @@ next-token distributions, on new automata (test) and on the training ones (in di
 from __future__ import annotations
 
 import json
-import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from mosaics_jax import storage
 from mosaics_jax.data import regbench
+from mosaics_jax.evaluate import command, plotting
 
 # v1 paper, Figure 9 (digitised, see ../shared/spec/benchmarks.md 1.7): N -> (accuracy, TVD).
 PAPER = {
@@ -68,17 +71,13 @@ def ngram_baselines(num_train: int, seed: int, held_out: int = regbench.TEST_PFA
 
 
 def collect(workdirs, output: str) -> str:
-  """Table and plot of a sweep: each workdir is one N (its config.json says which)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  """Table and plot of a sweep: each workdir is one N (its config.json says which), local or
+  in a bucket, as ``output`` is."""
+  plt = plotting.pyplot()
   rows = []
   for workdir in workdirs:
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = json.load(f)
-    with open(os.path.join(workdir, "results.json")) as f:
-      results = json.load(f)
+    config = json.loads((storage.path(workdir) / "config.json").read_text())
+    results = json.loads((storage.path(workdir) / "results.json").read_text())
     n = config["data"]["regbench_train_pfas"]
     baselines = ngram_baselines(n, config["seed"], config["data"]["regbench_eval_pfas"])
     rows.append((n, results, baselines))
@@ -98,7 +97,6 @@ def collect(workdirs, output: str) -> str:
       lines.append(f"| {n} | in-context {name} | {scores['accuracy']:.3f} | {scores['tvd']:.3f} "
                    "| | | | |")
   table = "\n".join(lines) + "\n"
-  os.makedirs(output, exist_ok=True)
   figure, axes = plt.subplots(1, 2, figsize=(10, 4))
   for index, name in enumerate(sorted({m for _, results, _ in rows for m in results})):
     ns = [n for n, results, _ in rows if name in results]
@@ -115,29 +113,25 @@ def collect(workdirs, output: str) -> str:
     axis.set_ylabel(label)
     axis.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
-  figure.tight_layout()
-  figure.savefig(os.path.join(output, "regbench.png"), dpi=120)
-  plt.close(figure)
-  with open(os.path.join(output, "regbench.md"), "w") as f:
-    f.write(table)
+  output = command.Output(output)
+  plotting.save(figure, output.path("regbench.png"))
+  output.write_text("regbench.md", table)
   print(table)
   return table
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_list("workdirs", None, "Workdirs of regbench runs (one per N), local or in a "
+                    "bucket.", flag_values=values)
+  flags.DEFINE_string("output", "regbench_results", "Directory (local or a bucket) for "
+                      "regbench.md and the plot.", flag_values=values)
+  flags.mark_flag_as_required("workdirs", flag_values=values)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_logging()
-  collect([d for d in flags.FLAGS.workdirs.split(",") if d], flags.FLAGS.output)
+def run(values) -> str:
+  """Write regbench.md and .png to ``--output``; the table."""
+  return collect([d for d in values.workdirs if d], values.output)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("workdirs", None, "Comma-separated workdirs of regbench runs (one per N).")
-  flags.DEFINE_string("output", "regbench_results", "Where to write regbench.md and the plot.")
-  flags.mark_flag_as_required("workdirs")
-  app.run(main)
+  command.main(sys.modules[__name__])

@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
+import sys
 from typing import Sequence
 
 import numpy as np
+from absl import flags
 
-from mosaics_jax import generate
+from mosaics_jax import generate, storage
 from mosaics_jax.data import ruler
-from mosaics_jax.evaluate import plotting
+from mosaics_jax.evaluate import command, plotting
 
 
 def evaluate_run(model, params, tokenizer, tasks: Sequence[str], multiples: Sequence[int],
-                 samples_per_task: int, seed: int = 42, batch_size: int = 8) -> dict:
+                 samples_per_task: int, seed: int = 42, batch_size: int = 8,
+                 mesh=None) -> dict:
   """{'context_length', 'tasks': {task: {k: score}}, 'overall': {k: score}, 'examples':
-  {task: {k: first sample's answers and prediction}}} for one model."""
+  {task: {k: first sample's answers and prediction}}} for one model; with ``mesh``
+  (``params`` on it), prompts and cache are split over it."""
   tasks = ruler.check_tasks(tasks)
   context = model.config.context_length
   learned = getattr(model.config, "position", None) == "learned"
@@ -47,14 +50,14 @@ def evaluate_run(model, params, tokenizer, tasks: Sequence[str], multiples: Sequ
   groups = [(budget, list(group)) for budget, group in by_budget]
   for multiple in reachable:
     target = multiple * context
-    cache = generate.init_cache(model, batch_size, target)  # width + budget = target
+    cache = generate.init_cache(model, batch_size, target, mesh)  # width + budget = target
     for budget, group in groups:
       samples = [sample for task in group for sample in ruler.evaluation_samples(
           task, samples_per_task, target, length_of, seed)]
       prompts = [[eot] + ids for ids in tokenizer.encode([s.prompt for s in samples])]
       continuations = generate.greedy_in_batches(model, params, prompts, width=target - budget,
                                                  steps=budget, batch_size=batch_size,
-                                                 cache=cache)
+                                                 cache=cache, mesh=mesh)
       predictions = [tokenizer.decode(generate.until_token(c, eot)) for c in continuations]
       for index, task in enumerate(group):
         rows = slice(index * samples_per_task, (index + 1) * samples_per_task)
@@ -98,51 +101,42 @@ def plot(results: dict[str, dict], path: str) -> None:
 
 def trained_tasks(workdir: str) -> list[str]:
   """The tasks a run was trained on (its config.json), or every task."""
-  try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      section = json.load(f).get("data", {}).get("ruler", {})
-  except FileNotFoundError:
+  config_path = storage.path(workdir) / "config.json"
+  if not config_path.exists():
     return list(ruler.TASKS)
+  section = json.loads(config_path.read_text()).get("data", {}).get("ruler", {})
   return [t.strip() for t in section.get("tasks", ",".join(ruler.TASKS)).split(",") if t.strip()]
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  command.define_common(values, output="ruler", multiples="1,2,4,8")
+  flags.DEFINE_string("tasks", "", "Comma-separated tasks; empty: those each run was trained on.",
+                      flag_values=values)
+  flags.DEFINE_integer("samples", 20, "Samples per task and length.", flag_values=values)
+  flags.DEFINE_integer("seed", 42, "Seed of the evaluation samples (RULER's).", flag_values=values)
+  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.", flag_values=values)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
-  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
 
-  cli.quiet_logging()
-  values = flags.FLAGS
-  multiples = sorted(int(k) for k in values.multiples.split(","))
+def run(values) -> dict:
+  """Write ruler.md, .json and .png to ``--output``; {model: results}."""
+  multiples = command.multiples(values)
+  mesh = command.mesh(values)
   results = {}
-  for spec in values.run:
-    workdir, name, run = checkpoint.load_run_flag(spec, reading="the RULER prompts")
+  for workdir, name, run in command.load_runs(values, reading="the RULER prompts", on=mesh):
     tasks = [t.strip() for t in values.tasks.split(",") if t.strip()] or trained_tasks(workdir)
     results[name] = evaluate_run(run.model, run.params, run.tokenizer, tasks, multiples,
-                                 values.samples, values.seed, values.batch_size)
-  os.makedirs(values.output, exist_ok=True)
+                                 values.samples, values.seed, values.batch_size, mesh)
   markdown = table(results, multiples)
-  with open(os.path.join(values.output, "ruler.md"), "w") as f:
-    f.write(f"# RULER-style tasks by evaluation length\n\n{values.samples} samples per task "
-            f"and length, seed {values.seed}; scores x 100 (string_match_all, "
-            f"string_match_part for qa).\n\n{markdown}")
-  with open(os.path.join(values.output, "ruler.json"), "w") as f:
-    json.dump({"samples": values.samples, "seed": values.seed, "runs": results}, f, indent=1)
-  plot(results, os.path.join(values.output, "ruler.png"))
+  output = command.Output(values.output)
+  output.write_text("ruler.md", f"# RULER-style tasks by evaluation length\n\n{values.samples} "
+                    f"samples per task and length, seed {values.seed}; scores x 100 "
+                    f"(string_match_all, string_match_part for qa).\n\n{markdown}")
+  output.write_json("ruler.json", {"samples": values.samples, "seed": values.seed,
+                                   "runs": results})
+  plot(results, output.path("ruler.png"))
   print(markdown)
+  return results
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per model.")
-  flags.DEFINE_string("tasks", "", "Comma-separated tasks; empty: those each run was trained on.")
-  flags.DEFINE_string("multiples", "1,2,4,8", "Evaluation lengths, in training contexts.")
-  flags.DEFINE_integer("samples", 20, "Samples per task and length.")
-  flags.DEFINE_integer("seed", 42, "Seed of the evaluation samples (RULER's).")
-  flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
-  flags.DEFINE_string("output", "ruler", "Directory for the table, JSON and plot.")
-  flags.mark_flags_as_required(["run"])
-  app.run(main)
+  command.main(sys.modules[__name__])

@@ -1,19 +1,23 @@
 r"""The 24 story prompts of Eldan & Li, continued by two (or more) trained models, side by side.
 
     python -m mosaics_jax.evaluate.story_prompts --run=/tmp/quickstart:mosaic \
-        --run=/tmp/quickstart:transformer --output=docs/story_prompts.md
+        --run=/tmp/quickstart:transformer --output=/tmp/quickstart/prompts
 
 The prompts are those of the TinyStories paper (Eldan & Li 2023, arXiv 2305.07759, Figures 9-11:
 factual knowledge 1-9, reasoning 10-18, context tracking 19-24), which the v1 Memory Mosaics
 paper uses for its generation comparison (Table 4). Continuations are greedy (as in TinyStories)
-and stop at the end-of-text token.
+and stop at the end-of-text token. Writes ``story_prompts.md``.
 """
 
 from __future__ import annotations
 
+import sys
+
 import jax
+from absl import flags
 
 from mosaics_jax import generate
+from mosaics_jax.evaluate import command
 
 PROMPTS = (
     # Factual knowledge.
@@ -60,12 +64,13 @@ PROMPTS = (
 )
 
 
-def continue_prompts(run, prompts=PROMPTS, max_new_tokens: int = 40) -> list[str]:
-  """Greedy continuations of the prompts by a loaded run (``checkpoint.load_run``)."""
+def continue_prompts(run, prompts=PROMPTS, max_new_tokens: int = 40, mesh=None) -> list[str]:
+  """Greedy continuations of the prompts by a loaded run (``checkpoint.load_run``, its
+  parameters on ``mesh`` if given)."""
   tokenizer = run.tokenizer
   encoded = [[tokenizer.eot_id] + ids for ids in tokenizer.encode(list(prompts))]
   outputs = generate.sample(run.model, run.params, encoded, max_new_tokens=max_new_tokens,
-                            rng=jax.random.key(0), temperature=0.0)
+                            rng=jax.random.key(0), temperature=0.0, mesh=mesh)
   texts = []
   for tokens in outputs:
     if tokenizer.eot_id in tokens:
@@ -85,34 +90,26 @@ def markdown_table(prompts, columns: dict[str, list[str]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv) -> None:
-  del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+def define_flags(values: flags.FlagValues) -> None:
+  command.define_common(values, output="story_prompts",
+                        run_help="WORKDIR:MODEL, once per column (two or more).")
+  flags.DEFINE_integer("tokens", 40, "Tokens generated per prompt.", flag_values=values)
 
-  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
 
-  from mosaics_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-
-  cli.quiet_logging()
-  values = flags.FLAGS
+def run(values) -> str:
+  """Write story_prompts.md to ``--output``; the table."""
+  mesh = command.mesh(values)
   columns = {}
-  for spec in values.run:
-    _, name, run = checkpoint.load_run_flag(spec, reading="the prompts")
-    columns[f"{name} (step {run.step})"] = continue_prompts(run, max_new_tokens=values.tokens)
+  for _, name, run in command.load_runs(values, reading="the prompts", on=mesh):
+    columns[f"{name} (step {run.step})"] = continue_prompts(run, max_new_tokens=values.tokens,
+                                                            mesh=mesh)
   table = markdown_table(PROMPTS, columns)
-  header = ("# Story prompts\n\nGreedy continuations of the 24 prompts of Eldan & Li (2023), "
-            "factual (1-9), reasoning (10-18) and context-tracking (19-24).\n\n")
-  if values.output:
-    with open(values.output, "w") as f:
-      f.write(header + table)
+  command.Output(values.output).write_text(
+      "story_prompts.md", "# Story prompts\n\nGreedy continuations of the 24 prompts of Eldan "
+      "& Li (2023), factual (1-9), reasoning (10-18) and context-tracking (19-24).\n\n" + table)
   print(table)
+  return table
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_multi_string("run", None, "WORKDIR:MODEL, once per column (two or more).")
-  flags.DEFINE_integer("tokens", 40, "Tokens generated per prompt.")
-  flags.DEFINE_string("output", "", "Markdown file to write.")
-  flags.mark_flag_as_required("run")
-  app.run(main)
+  command.main(sys.modules[__name__])

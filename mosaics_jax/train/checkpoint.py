@@ -181,13 +181,14 @@ def _placed_params(model, mesh):
   return sharding.placed(abstract, shardings)
 
 
-def load_run_flag(spec: str, reading: str = "") -> tuple[str, str, Run]:
-  """(workdir, model name, run) of a command-line ``--run=WORKDIR:MODEL``; with ``reading``
-  (what the run will read), a run without a tokenizer fails."""
+def load_run_flag(spec: str, reading: str = "", mesh=None) -> tuple[str, str, Run]:
+  """(workdir, model name, run) of a command-line ``--run=WORKDIR:MODEL``, its parameters on
+  ``mesh`` as in ``load_run``; with ``reading`` (what the run will read), a run without a
+  tokenizer fails."""
   workdir, _, name = spec.rpartition(":")
-  if not workdir or not name:
+  if not workdir or not name or workdir.endswith(":/"):  # gs://bucket/run without :MODEL
     raise ValueError(f"--run={spec!r}: use WORKDIR:MODEL, e.g. /tmp/quickstart:mosaic.")
-  run = load_run(workdir, name)
+  run = load_run(workdir, name, mesh=mesh)
   if reading and run.tokenizer is None:
     raise ValueError(f"{workdir} has no tokenizer to read {reading} with.")
   return workdir, name, run

@@ -133,6 +133,23 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def rows_sharding(mesh: jax.sharding.Mesh, rows: int) -> NamedSharding:
+  """Rows split like a batch where the mesh's batch axes divide them, else replicated (a
+  few prompts, an evaluation's last short batch)."""
+  if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+    return batch_sharding(mesh)
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def rows_on(mesh, *arrays):
+  """Host arrays of rows (same leading size) placed on ``mesh`` by ``rows_sharding``;
+  unchanged without a mesh."""
+  if mesh is None:
+    return arrays
+  placement = rows_sharding(mesh, arrays[0].shape[0])
+  return tuple(jax.device_put(array, placement) for array in arrays)
+
+
 def check_batch(global_batch: int, mesh: jax.sharding.Mesh, accumulation: int = 1) -> None:
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch % (shards * accumulation):
