@@ -284,10 +284,7 @@ def main(argv) -> None:
 
   cli.quiet_logging()
   values = flags.FLAGS
-  mesh = None
-  if values.mesh:
-    data, fsdp, tensor = (int(x) for x in values.mesh)
-    mesh = sharding.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor})
+  mesh = cli.mesh(values.mesh)
   run = checkpoint.load_run(values.workdir, values.model, mesh=mesh)
   prompts = [[run.tokenizer.eot_id] + ids for ids in run.tokenizer.encode(values.prompt)]
   if values.beam_size:

@@ -84,15 +84,8 @@ def multiples(values) -> list[int]:
 
 def mesh(values):
   """The mesh of ``--mesh=DATA,FSDP,TENSOR``, or None for one device."""
-  if not values.mesh:
-    return None
-  from mosaics_jax.train import sharding  # pylint: disable=import-outside-toplevel
-  try:
-    data, fsdp, tensor = (int(x) for x in values.mesh)
-  except ValueError as error:
-    raise app.UsageError(f"--mesh={','.join(values.mesh)}: give three integers DATA,FSDP,TENSOR"
-                         f" whose product is the device count, e.g. 1,8,1") from error
-  return sharding.make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor})
+  from mosaics_jax import cli  # pylint: disable=import-outside-toplevel
+  return cli.mesh(values.mesh)
 
 
 def load_runs(values, reading: str = "", on=None) -> list[tuple[str, str, object]]:

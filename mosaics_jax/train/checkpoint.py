@@ -186,7 +186,7 @@ def load_run_flag(spec: str, reading: str = "", mesh=None) -> tuple[str, str, Ru
   ``mesh`` as in ``load_run``; with ``reading`` (what the run will read), a run without a
   tokenizer fails."""
   workdir, _, name = spec.rpartition(":")
-  if not workdir or not name or workdir.endswith(":/"):  # gs://bucket/run without :MODEL
+  if not workdir or not name or "/" in name:  # "/" in name: gs://bucket/run without :MODEL
     raise ValueError(f"--run={spec!r}: use WORKDIR:MODEL, e.g. /tmp/quickstart:mosaic.")
   run = load_run(workdir, name, mesh=mesh)
   if reading and run.tokenizer is None:
