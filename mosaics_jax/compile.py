@@ -18,8 +18,9 @@ read, nothing is written, nothing runs. Per model it reports
     share of the chip's HBM, and ``train/memory.py``'s estimate beside it;
   * FLOPs per device per step: the compiler's (``cost_analysis``, which sees XLA's ops only,
     plus the Mosaic kernels' FLOPs counted from their block masks; loops multiplied out: cost
-    analysis counts a loop's body once, so with gradient accumulation one micro-batch's
-    gradient is compiled too, at depths 1 and 2 and extrapolated, the blocks being identical)
+    analysis counts a loop's body once, so with gradient accumulation or scanned blocks one
+    micro-batch's gradient is compiled too, with no block and with one, and the identical
+    blocks multiplied out)
     beside ours (``train/metrics.py``, the MFU numerator:
     their ratio shows recomputation and what the formula leaves out);
   * two floors of the step time, labelled as estimates: compiled FLOPs over the chip's peak,
@@ -180,8 +181,8 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
 
   def micro_cost(depth):
     """(XLA FLOPs, bytes accessed, kernel FLOPs) of one micro-batch's gradient for the model cut
-    to ``depth`` unrolled blocks: identical blocks make the full depth a linear extrapolation,
-    at a fraction of a full compile."""
+    to ``depth`` unrolled blocks (0: the embedding and head alone): the blocks being
+    identical, depths 0 and 1 give the full depth at a fraction of a full compile."""
     section = ml_collections.ConfigDict(config.models[name].to_dict())
     section.num_layers, section.scan_layers = depth, False
     shallow = trainer.build_program(name, section, config, config.data.tokenizer.vocab_size,
@@ -205,16 +206,19 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
     xla, accessed = cost.get("flops", 0.0), cost.get("bytes accessed", 0.0)
     kernels = _kernel_flops(step, trace)
     # Cost analysis counts a loop's body once: the accumulation loop's micro-batch, and a
-    # scanned stack's block (forward and backward). Both are added from the micro step cut
-    # to 1 and 2 unrolled blocks (a, b): the step counts U + a (scanned) or U + a + (L-1)(b-a)
-    # (unrolled) for A (a + (L-1)(b-a)) + U in all.
+    # scanned stack's block (forward and backward). A micro-batch's gradient is M + L B (M
+    # outside the blocks, B one block's; from the micro steps at depths 0 and 1: M, M + B), and
+    # the compiled step counts one micro-batch with c of its L blocks (c = 1 scanned, L
+    # unrolled): the step is S - (M + c B) + A (M + L B) for A micro-batches. (The A - 1
+    # uncounted additions of a micro-batch's gradient into the sum are left out: 12 bytes and
+    # 1 FLOP per parameter each.)
     layers, scanned = program.model_config.num_layers, program.model_config.scan_layers
-    if accumulation > 1 or scanned:
-      one, two = (micro_cost(depth) for depth in (1, min(2, layers)))
-      counted = accumulation - 1 if not scanned else accumulation
+    counted_blocks = 1 if scanned else layers
+    if accumulation > 1 or counted_blocks < layers:
+      outside, one = micro_cost(0), micro_cost(1)
       xla, accessed, kernels = (
-          total + counted * (a + (layers - 1) * (b - a)) - (a if scanned else 0)
-          for total, a, b in zip((xla, accessed, kernels), one, two))
+          total - (m + counted_blocks * (m1 - m)) + accumulation * (m + layers * (m1 - m))
+          for total, m, m1 in zip((xla, accessed, kernels), outside, one))
     decoded = None
     if decode:
       rows = batch // accumulation

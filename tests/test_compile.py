@@ -193,7 +193,7 @@ def test_flops_of_an_accumulated_step_count_every_micro_batch():
 
 def test_a_scanned_stack_compiles_to_the_unrolled_memory_and_flops(experiment="v2_pretraining"):
   """Cost analysis counts the scanned block once; the report adds the other blocks (from the
-  unrolled micro steps at depth 1 and 2): the FLOPs of the unrolled stack. With the
+  unrolled micro steps at depth 0 and 1): the FLOPs of the unrolled stack. With the
   accumulation loop around it too."""
   devices = tpu_devices("v5e:2x2")
   reports = {}

@@ -27,7 +27,8 @@ and 1T for large, in batches of 1024 x 4096 tokens; ``gpt2`` is sized for one H1
 
 Recipe (v2 paper, Appendix C, Table 6): context 4096, short-term window h = 256, long-term
 skip m ~ U[64, 256] in training and 64 at inference, AdamW (0.9, 0.95), weight decay 0.1,
-clip 1.0, 2000 warm-up steps then cosine to lr/100 (peak 3e-4 small, 1e-3 large), document
+clip 1.0, 2000 warm-up steps then cosine to lr/100 (peak 3e-4 small, 1e-3 large), the
+Llama-3 tokenizer (vocabulary 128,256; ``cpu`` / ``tiny`` train a small SentencePiece), document
 masks (no memory reads across documents) over windows of whole documents, truncated at 4096
 (``packing="whole_documents"``; ``cpu`` / ``tiny`` pack ``documents``, cut anywhere), RMSNorm,
 untied embeddings. The transformer
@@ -62,7 +63,7 @@ def get_config(arg: str = "small"):
   config = base_config()
   config.data.packing = "documents" if cpu or tiny else "whole_documents"
   config.data.seq_len, config.data.batch_size = 4096, batch
-  config.data.tokenizer.vocab_size = 32000
+  config.data.tokenizer.vocab_size = 128256  # the Llama-3 tokenizer: 128,000 ranks + 256 specials
   size, memories = dict(vocab_size=0, scan_layers=True), {}  # cpu / tiny: unrolled blocks
   mosaic_size, llama_size = {}, {}
   config.optimizer.learning_rate, config.optimizer.min_learning_rate = lr, lr / 100

@@ -32,8 +32,10 @@ def _check_common(config) -> None:
   """Checks shared by every model config."""
   _check(config.embed_dim % config.num_heads == 0,
          f"embed_dim={config.embed_dim} is not divisible by num_heads={config.num_heads}.")
-  _check(min(config.vocab_size, config.num_layers, config.context_length) > 0,
-         "vocab_size, num_layers and context_length must be positive.")
+  _check(min(config.vocab_size, config.context_length) > 0,
+         "vocab_size and context_length must be positive.")
+  # 0 blocks is the embedding read by the head directly (what the compile report costs apart).
+  _check(config.num_layers >= 0, f"num_layers={config.num_layers}: must be 0 or more.")
   _check(config.norm in NORMS, f"norm={config.norm!r}: choose one of {NORMS}.")
   if config.dtype is not None:
     compute_dtype(config.dtype)

@@ -29,12 +29,13 @@ from mosaics_jax.models.config import MosaicConfig, compute_dtype
 def v1_inits(config: MosaicConfig) -> dict[str, common.Initializer]:
   """Library: N(0, 1/sqrt(fan_in)), output projections / sqrt(L), embedding 1/sqrt(d) (the tied
   matrix takes the head's init). nano: nanoGPT's 0.02 and 0.02/sqrt(2L)."""
+  depth = max(config.num_layers, 1)  # no blocks: no output projection to scale
   if config.official_variant == "nano":
     return dict(proj=common.normal(0.02),
-                out=common.normal(0.02 / math.sqrt(2 * config.num_layers)),
+                out=common.normal(0.02 / math.sqrt(2 * depth)),
                 embed=common.normal(0.02))
   std = config.embed_dim ** -0.5
-  return dict(proj=common.normal(std), out=common.normal(std / math.sqrt(config.num_layers)),
+  return dict(proj=common.normal(std), out=common.normal(std / math.sqrt(depth)),
               embed=common.normal(std))
 
 

@@ -53,7 +53,7 @@ def apply_blocks(cls: type[nn.Module], config, x, positions, segment_ids, long_t
   ``config.scan_layers``. Call inside the language model's compact method."""
   decoding = chunk is not None
   block = _with_remat(cls, config.remat, decoding, config.scan_layers)
-  if not config.scan_layers:
+  if not config.scan_layers or config.num_layers == 0:
     for layer in range(config.num_layers):
       x = block(config, name=f"block_{layer}")(x, layer, positions, segment_ids, long_term_skip,
                                                deterministic, chunk)

@@ -25,7 +25,7 @@ def transformer_inits(config: TransformerConfig, layer) -> dict[str, common.Init
   """gpt2: nanoGPT's N(0, 0.02), residual projections 0.02/sqrt(2L) (the official baseline).
   v2: the v2 paper's Table 6 (its transformers share the Memory Mosaics recipe)."""
   if config.init == "gpt2":
-    out = common.normal(0.02 / math.sqrt(2 * config.num_layers))
+    out = common.normal(0.02 / math.sqrt(2 * max(config.num_layers, 1)))
     return dict(proj=common.normal(0.02), out=out, mlp_out=out, embed=common.normal(0.02))
   std = stack.depth_scale(2 * config.embed_dim * (layer + 1), layer)
   return dict(proj=common.truncated_normal(std), out=common.truncated_normal(std),

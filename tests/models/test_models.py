@@ -182,6 +182,18 @@ def test_v2_large_without_long_term_memory_is_the_papers_8_3b():
   assert abs(count - 8.3e9) < 0.005 * 8.3e9
 
 
+@pytest.mark.parametrize("name", ["mosaic_v1_gpt2_small", "mosaic_v2_small", "gpt2_small",
+                                  "llama_small"])
+def test_a_model_without_blocks_is_its_embedding_read_by_its_head(name):
+  """num_layers=0 (what the compile report costs apart from the blocks), either layout."""
+  for scan_layers in (False, True):
+    model = models.build_model(tiny(name, num_layers=0, scan_layers=scan_layers))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    params = model.init(jax.random.key(0), tokens)["params"]
+    assert not any("block" in key for key in params), list(params)
+    assert model.apply({"params": params}, tokens).shape == (1, 8, model.config.vocab_size)
+
+
 def test_bad_configs_fail_with_a_clear_message():
   with pytest.raises(ValueError, match="not divisible"):
     models.model_config("mosaic_v1_gpt2_small", num_heads=7)
@@ -197,6 +209,8 @@ def test_bad_configs_fail_with_a_clear_message():
     models.model_config("gpt2_small", remat="all")
   with pytest.raises(ValueError, match="lo <= hi"):
     models.model_config("mosaic_v2_small", long_term_skip_train=(10, 2))
+  with pytest.raises(ValueError, match="num_layers=-1"):
+    models.model_config("mosaic_v2_small", num_layers=-1)
   with pytest.raises(ValueError, match="learned"):
     model = models.build_model(tiny("gpt2_small"))
     model.init(jax.random.key(0), jnp.zeros((1, T + 1), jnp.int32))
