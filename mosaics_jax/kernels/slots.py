@@ -11,7 +11,7 @@ memory (docs/scaling.md).
 Implementations (``implementation=``):
   * ``"reference"``: einsum, float32 softmax, inverted dropout, einsum (the official code's
     order). Saves the probabilities for the backward pass.
-  * ``"recompute"``: the reference under ``jax.checkpoint`` saving nothing but its inputs; the
+  * ``"recompute"``: the reference with a custom VJP saving nothing but its inputs; the
     backward pass recomputes the scores, the softmax and the dropout mask (from the same key,
     so the result is the reference's). One more (T x N) matmul per head: 7 instead of 6.
     Supports dropout; the default off GPU.
@@ -52,10 +52,31 @@ def read_slots_reference(queries: jax.Array, slot_keys: jax.Array, slot_values: 
 
 def read_slots_recompute(queries, slot_keys, slot_values, dropout_rng=None,
                          dropout_rate: float = 0.0) -> jax.Array:
-  """The reference, rematerialised in its backward pass instead of saving probabilities."""
+  """The reference, rematerialised in its backward pass instead of saving probabilities.
+
+  Two optimization barriers in the backward pass. One joins the saved inputs to the incoming
+  gradient: the recomputation then waits for the backward pass to reach its layer (and is
+  not merged with the forward pass). ``jax.checkpoint`` does not tie it to the gradient, and
+  the TPU scheduler hoisted every layer's recomputation to the start of the backward pass,
+  each layer's (B, T, H, N) scores then alive until its gradient was done (docs/scaling.md:
+  v1 on v5e). The other hands the three gradients back together, so that the slots' are not
+  deferred either."""
   read = functools.partial(read_slots_reference, dropout_rate=dropout_rate)
-  return jax.checkpoint(read, policy=jax.checkpoint_policies.nothing_saveable)(
-      queries, slot_keys, slot_values, dropout_rng)
+
+  @jax.custom_vjp
+  def recomputed(q, keys, values, rng):
+    return read(q, keys, values, rng)
+
+  def forward(q, keys, values, rng):
+    return read(q, keys, values, rng), (q, keys, values, rng)
+
+  def backward(saved, grad):
+    (q, keys, values, rng), grad = jax.lax.optimization_barrier((saved, grad))
+    _, pullback = jax.vjp(lambda *x: read(*x, rng), q, keys, values)
+    return (*jax.lax.optimization_barrier(pullback(grad)), None)
+
+  recomputed.defvjp(forward, backward)
+  return recomputed(queries, slot_keys, slot_values, dropout_rng)
 
 
 def read_slots_fused(queries, slot_keys, slot_values, implementation: str = "xla") -> jax.Array:

@@ -79,6 +79,43 @@ def test_recompute_keeps_no_probabilities(dropout_rate):
   assert _saved_floats("recompute", dropout_rate) < probabilities / 4  # no (B, T, H, N) kept
 
 
+def _dots_before_the_gradient(read):
+  """Matmuls in ``read``'s backward pass that need none of the incoming gradient: a scheduler
+  may run them as early as it likes (and keep their (B, T, H, N) results until used)."""
+  out, pullback = jax.vjp(read, *_inputs(1))
+  jaxpr = jax.make_jaxpr(pullback)(jnp.ones_like(out)).jaxpr
+  early = 0
+
+  def walk(jaxpr, downstream):
+    nonlocal early
+    for eqn in jaxpr.eqns:
+      fed = any(not isinstance(v, jax.extend.core.Literal) and v in downstream
+                for v in eqn.invars)
+      if eqn.primitive.name == "dot_general" and not fed:
+        early += 1
+      for inner in jax.extend.core.jaxprs_in_params(eqn.params):  # a call's body
+        walk(inner, {w for v, w in zip(eqn.invars, inner.invars)
+                     if not isinstance(v, jax.extend.core.Literal) and v in downstream})
+      if fed:
+        downstream.update(eqn.outvars)
+
+  walk(jaxpr, set(jaxpr.invars))
+  return early
+
+
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.1])
+def test_recompute_waits_for_the_gradient(dropout_rate):
+  """The backward pass's recomputation is tied to the incoming gradient (an optimization
+  barrier): under ``jax.checkpoint`` alone the TPU scheduler hoisted every layer's to the
+  start of the backward pass (docs/scaling.md, v1 on v5e)."""
+  rng = jax.random.key(0)
+  assert _dots_before_the_gradient(lambda *args: slots.read_slots(
+      *args, dropout_rate=dropout_rate, dropout_rng=rng, implementation="recompute")) == 0
+  checkpointed = jax.checkpoint(lambda *args: slots.read_slots_reference(
+      *args, rng, dropout_rate), policy=jax.checkpoint_policies.nothing_saveable)
+  assert _dots_before_the_gradient(checkpointed) >= 1  # the scores' recomputation
+
+
 def test_automatic_choice_and_errors():
   assert slots.resolve_implementation(None, jnp.float32, 64, dropout_active=True) == "recompute"
   if jax.default_backend() == "cpu":
