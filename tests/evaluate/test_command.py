@@ -7,23 +7,14 @@ import numpy as np
 import pytest
 
 from mosaics_jax import storage
-from mosaics_jax.evaluate import command, extrapolation, position_loss
-from mosaics_jax.train import trainer
+from mosaics_jax.evaluate import command, extrapolation, position_loss, story_prompts
 from tests.test_storage import bucket  # noqa: F401  (the fixture)
-from tests.train.test_trainer import tiny
 
 TEXT = "package:tinystories/validation.txt"
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("run")
-  trainer.train_and_evaluate(tiny(**{"train.num_steps": 2, "train.eval_every": 0}), str(path))
-  return path
-
-
-def test_on_a_mesh_as_on_one_device_and_into_a_bucket(workdir, bucket):  # noqa: F811
-  args = [f"--run={workdir}:mosaic", f"--text={TEXT}", "--windows=8"]
+def test_on_a_mesh_as_on_one_device_and_into_a_bucket(tiny_run, bucket):  # noqa: F811
+  args = [f"--run={tiny_run}:mosaic", f"--text={TEXT}", "--windows=8"]
   one = command.run(position_loss, args + ["--output=gs://evals/one"])
   meshed = command.run(position_loss, args + ["--mesh=2,4,1", "--output=gs://evals/mesh"])
   np.testing.assert_allclose(meshed["curves"][next(iter(meshed["curves"]))],
@@ -31,7 +22,7 @@ def test_on_a_mesh_as_on_one_device_and_into_a_bucket(workdir, bucket):  # noqa:
   saved = json.loads(storage.path("gs://evals/mesh/position_loss.json").read_text())
   assert saved["windows"] == 8
   assert storage.path("gs://evals/mesh/position_loss.png").read_bytes()[:4] == b"\x89PNG"
-  args = [f"--run={workdir}:mosaic", f"--text={TEXT}", "--windows=2", "--multiples=1,2"]
+  args = [f"--run={tiny_run}:mosaic", f"--text={TEXT}", "--windows=2", "--multiples=1,2"]
   one = command.run(extrapolation, args + ["--output=gs://evals/x1"])
   meshed = command.run(extrapolation, args + ["--mesh=1,8,1", "--output=gs://evals/x8"])
   for k in (1, 2):
@@ -40,3 +31,12 @@ def test_on_a_mesh_as_on_one_device_and_into_a_bucket(workdir, bucket):  # noqa:
   assert bucket.appends_refused == 0
   with pytest.raises(Exception, match="give three integers"):
     command.run(position_loss, args[:2] + ["--mesh=8"])
+
+
+def test_story_prompts_on_a_mesh_as_on_one_device_and_into_a_bucket(tiny_run, bucket):  # noqa: F811
+  args = [f"--run={tiny_run}:mosaic", f"--run={tiny_run}:mosaic", "--tokens=4"]
+  one = command.run(story_prompts, args + ["--output=gs://evals/prompts1"])
+  meshed = command.run(story_prompts, args + ["--mesh=1,8,1", "--output=gs://evals/prompts8"])
+  assert meshed == one and one.count("\n") == 24 + 2
+  assert storage.path("gs://evals/prompts8/story_prompts.md").read_text().endswith(one)
+  assert bucket.appends_refused == 0

@@ -14,8 +14,7 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from mosaics_jax import generate  # noqa: E402
 from mosaics_jax.evaluate import harness  # noqa: E402
-from mosaics_jax.train import checkpoint, trainer  # noqa: E402
-from tests.train.test_trainer import tiny  # noqa: E402
+from mosaics_jax.train import checkpoint  # noqa: E402
 
 CHOICES = [
     {"question": "Once upon a time, there was a little", "choices": [" girl", " car", " sky"],
@@ -37,9 +36,8 @@ def _task(directory, name, rows, **fields):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  trainer.train_and_evaluate(tiny(**{"train.num_steps": 2, "train.eval_every": 0}), str(workdir))
+def setup(tiny_run, tmp_path_factory):
+  workdir = tiny_run
   tasks = tmp_path_factory.mktemp("tasks")
   _task(tasks, "tiny_choice", CHOICES, output_type="multiple_choice",
         doc_to_text="{{question}}", doc_to_choice="{{choices}}", doc_to_target="{{label}}",

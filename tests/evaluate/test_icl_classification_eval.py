@@ -2,22 +2,18 @@
 forward pass, the per-shot results, and the command line on a tiny trained experiment."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from experiments import registry
-from mosaics_jax import models
+from mosaics_jax import models, storage
 from mosaics_jax.data import icl_classification as icl, tokenizer as tokenizers
-from mosaics_jax.evaluate import icl_classification as evaluation
+from mosaics_jax.evaluate import command, icl_classification as evaluation
 from mosaics_jax.train import trainer
+from tests.test_storage import bucket  # noqa: F401  (the fixture)
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TASK = icl.Task(classes=3, prototype_words=4, example_words=2, vocabulary_words=30, seed=1)
 SMALL = dict(num_layers=1, embed_dim=32, num_heads=2, vocab_size=384)
 MEMORIES = dict(short_term_window=4, long_term_skip_train=(2, 4), long_term_skip_eval=2)
@@ -83,30 +79,21 @@ def test_only_workdirs_of_the_task_are_read(tmp_path):
     evaluation.task_of_workdir(str(tmp_path))
 
 
-def _command_line(*args):
-  # Compiled quickly, as in the tests' own process (tests/conftest.py).
-  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-  out = subprocess.run([sys.executable, "-m", "mosaics_jax.evaluate.icl_classification", *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
-
-
 @pytest.mark.slow
-def test_train_then_the_command_line(tmp_path):
+def test_train_then_the_command_line(tmp_path, bucket, capsys):  # noqa: F811
   config = registry.get_config("icl_classification", "tiny")
   config.train.models = "mosaic,transformer"
   trainer.train_and_evaluate(config, str(tmp_path / "icl"))
-  output = tmp_path / "eval"
-  stdout = _command_line(*(f"--run={tmp_path / 'icl'}:{name}"
-                           for name in ("mosaic", "transformer")),
-                         "--shots=1,2", "--episodes=3", "--batch_size=8", f"--output={output}")
-  summary = json.loads((output / "icl_classification.json").read_text())
+  command.run(evaluation, [*(f"--run={tmp_path / 'icl'}:{name}" for name in ("mosaic", "transformer")),
+                           "--shots=1,2", "--episodes=3", "--batch_size=8", "--output=gs://evals/icl"])
+  summary = json.loads(storage.path("gs://evals/icl/icl_classification.json").read_text())
   assert summary["chance"] == 0.25 and summary["episodes"] == 3
   assert set(summary["runs"]) == {"mosaic", "transformer"}
   for rows in summary["runs"].values():
     assert set(rows) == set(icl.LABEL_KINDS)
     assert all(set(kind) == {"1", "2"} for kind in rows.values())
-  assert "| mosaic | anonymous |" in (output / "icl_classification.md").read_text()
-  assert "| transformer | semantic |" in stdout
-  assert (output / "icl_classification.png").stat().st_size > 10_000
+  assert "| mosaic | anonymous |" in storage.path(
+      "gs://evals/icl/icl_classification.md").read_text()
+  assert "| transformer | semantic |" in capsys.readouterr().out
+  assert storage.path("gs://evals/icl/icl_classification.png").stat().length > 10_000
+  assert bucket.appends_refused == 0

@@ -3,18 +3,18 @@ curves; units on synthetic inputs, then the command lines on a tiny trained expe
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from experiments import registry
-from mosaics_jax import models
+from mosaics_jax import models, storage
 from mosaics_jax.data import corpus
-from mosaics_jax.evaluate import attention_maps, depth_curves, extrapolation, position_loss
+from mosaics_jax.evaluate import (attention_maps, command, depth_curves, extrapolation,
+                                  position_loss)
 from mosaics_jax.train import trainer
+from tests.test_storage import bucket  # noqa: F401  (the fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OOD_TEXT = str(REPO.parent / "shared" / "data" / "simplewiki_turkcorpus" /
@@ -56,15 +56,8 @@ def test_peak_width_and_leaky_coefficients():
                              np.exp([-0.5, -2.0]))
 
 
-def _run(module, *args):
-  out = subprocess.run([sys.executable, "-m", f"mosaics_jax.evaluate.{module}", *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
-
-
 @pytest.mark.slow
-def test_command_lines_on_a_tiny_experiment(tmp_path):
+def test_command_lines_on_a_tiny_experiment(tmp_path, bucket, capsys):  # noqa: F811
   if not pathlib.Path(OOD_TEXT).exists():
     pytest.skip(f"{OOD_TEXT} not available")
   workdirs = []
@@ -82,25 +75,27 @@ def test_command_lines_on_a_tiny_experiment(tmp_path):
   assert sorted(runs) == [1, 2] and set(runs[1]) == {"mosaic", "transformer", "transformer_rope",
                                                      "transformer_alibi"}
   assert set(runs[2]) == {"mosaic"}
-  _run("depth_curves", f"--workdirs={','.join(workdirs)}", f"--output={tmp_path / 'curves'}")
-  assert (tmp_path / "curves" / "depth_curves.png").stat().st_size > 10_000
-  assert "| 2 |" in (tmp_path / "curves" / "depth_curves.md").read_text()
+  command.run(depth_curves, [f"--workdirs={','.join(workdirs)}", "--output=gs://evals/curves"])
+  assert storage.path("gs://evals/curves/depth_curves.png").stat().length > 10_000
+  assert "| 2 |" in storage.path("gs://evals/curves/depth_curves.md").read_text()
 
-  out = _run("position_loss", f"--run={workdirs[0]}:mosaic", f"--run={workdirs[0]}:transformer",
-             f"--text={OOD_TEXT}", "--windows=4", f"--output={tmp_path / 'ood'}")
-  summary = json.loads((tmp_path / "ood" / "position_loss.json").read_text())
+  command.run(position_loss, [f"--run={workdirs[0]}:mosaic", f"--run={workdirs[0]}:transformer",
+                              f"--text={OOD_TEXT}", "--windows=4", "--output=gs://evals/ood"])
+  summary = json.loads(storage.path("gs://evals/ood/position_loss.json").read_text())
   assert summary["seq_len"] == 32 and summary["windows"] == 4
-  assert [len(c) for c in summary["curves"].values()] == [32, 32] and "better than" in out
+  assert [len(c) for c in summary["curves"].values()] == [32, 32]
+  assert "better than" in capsys.readouterr().out
 
-  out = _run("attention_maps", *(f"--run={workdirs[0]}:{name}" for name in runs[1]),
-             f"--text={OOD_TEXT}", "--windows=3", "--multiples=1,3",
-             f"--output={tmp_path / 'maps'}")
-  summary = json.loads((tmp_path / "maps" / "attention_maps.json").read_text())
+  command.run(attention_maps, [*(f"--run={workdirs[0]}:{name}" for name in runs[1]),
+                               f"--text={OOD_TEXT}", "--windows=3", "--multiples=1,3",
+                               "--output=gs://evals/maps"])
+  summary = json.loads(storage.path("gs://evals/maps/attention_maps.json").read_text())
   assert {"mosaic_1x", "mosaic_3x", "transformer_1x", "transformer_rope_3x",
           "transformer_alibi_3x"} <= set(summary) and "transformer_3x" not in summary
   assert summary["mosaic_3x"]["length"] == 96
   assert len(summary["mosaic_1x"]["leaky_vs_width"]["heads"]) == 2  # one block of 2 heads
-  assert (tmp_path / "maps" / "mosaic_3x.png").stat().st_size > 5_000
+  assert storage.path("gs://evals/maps/mosaic_3x.png").stat().length > 5_000
+  assert bucket.appends_refused == 0
 
 
 def test_removing_the_long_term_memory_is_zeroing_its_projection():
@@ -122,19 +117,20 @@ def test_removing_the_long_term_memory_is_zeroing_its_projection():
 
 
 @pytest.mark.slow
-def test_v2_ablations_and_extrapolation_command_line(tmp_path):
+def test_v2_ablations_and_extrapolation_command_line(tmp_path, bucket, capsys):  # noqa: F811
   config = registry.get_config("v2_pretraining", "tiny,ablations")
   names = ("mosaic_fixed_m", "transformer_long_short")  # the ablations' own models
   with config.unlocked():
     config.report.prompts = []
     config.train.models = ",".join(names)
   trainer.train_and_evaluate(config, str(tmp_path / "v2"))
-  out = _run("extrapolation", *(f"--run={tmp_path / 'v2'}:{name}" for name in names),
-             "--text=package:tinystories/validation.txt", "--multiples=1,2,4", "--windows=2",
-             f"--output={tmp_path / 'ext'}")
-  results = json.loads((tmp_path / "ext" / "extrapolation.json").read_text())
+  command.run(extrapolation, [*(f"--run={tmp_path / 'v2'}:{name}" for name in names),
+                              "--text=package:tinystories/validation.txt", "--multiples=1,2,4",
+                              "--windows=2", "--output=gs://evals/ext"])
+  results = json.loads(storage.path("gs://evals/ext/extrapolation.json").read_text())
   assert set(results) == set(names) | {"mosaic_fixed_m without long-term memory"}
   assert set(results["transformer_long_short"]) == {"1", "2", "4"}
   assert results["mosaic_fixed_m"]["1"]["beyond"] is None
   assert all(np.isfinite(row["loss"]) for rows in results.values() for row in rows.values())
-  assert "| mosaic_fixed_m without long-term memory |" in out
+  assert "| mosaic_fixed_m without long-term memory |" in capsys.readouterr().out
+  assert storage.path("gs://evals/ext/extrapolation.png").read_bytes()[:4] == b"\x89PNG"

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import three_moons
+from mosaics_jax import storage
 from mosaics_jax.data.moons import TRAIN_PERIODS, VALIDATION_PERIODS, Moons, joint_period
 from mosaics_jax.evaluate import moons as evaluation
 from mosaics_jax.models.moons import MoonsNetwork
+from tests.test_storage import bucket  # noqa: F401  (the fixture)
 
 
 def test_period_triples_and_sequences():
@@ -55,16 +57,17 @@ def test_fast_rollouts_equal_feeding_predictions_back():
                              [naive(c) for c in contexts], rtol=1e-5)
 
 
-def test_runner_tiny(tmp_path):
-  summary = evaluation.run(three_moons.get_config("tiny"), str(tmp_path))
+def test_runner_tiny(bucket):  # noqa: F811
+  summary = evaluation.run(three_moons.get_config("tiny"), "gs://evals/moons")
   assert set(summary) == {"1 head", "3 heads"}
   for result in summary.values():
     assert result["parameters"] == 54 and np.isfinite(result["final_loss"])
     assert set(result["selectivity"]) == {"phi", "psi", "z"}
-  written = json.loads((tmp_path / "moons.json").read_text())
+  written = json.loads(storage.path("gs://evals/moons/moons.json").read_text())
   assert len(written["curves"]["held-out triple"]["3 heads"]) == len(written["contexts"])
   for name in ("moons_error.png", "moons_matrices.png"):
-    assert (tmp_path / name).stat().st_size > 10_000
+    assert storage.path(f"gs://evals/moons/{name}").stat().length > 10_000
+  assert bucket.appends_refused == 0
 
 
 def test_selectivity():

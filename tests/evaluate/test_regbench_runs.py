@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import regbench as regbench_config
+from mosaics_jax import storage
 from mosaics_jax.evaluate import regbench
 from mosaics_jax.train import trainer
+from tests.test_storage import bucket  # noqa: F401  (the fixture)
 
 
 def test_config_arguments_and_search_space():
@@ -21,7 +23,7 @@ def test_config_arguments_and_search_space():
 
 
 @pytest.mark.slow
-def test_tiny_run_and_collect(tmp_path):
+def test_tiny_run_and_collect(tmp_path, bucket):  # noqa: F811
   results = trainer.train_and_evaluate(regbench_config.get_config("tiny"), str(tmp_path / "n100"))
   for result in results.values():
     assert {"test_accuracy", "test_tvd", "in_distribution_accuracy",
@@ -29,10 +31,11 @@ def test_tiny_run_and_collect(tmp_path):
     assert 0 <= result.metrics["test_accuracy"] <= 1 and 0 <= result.metrics["test_tvd"] <= 1
   saved = json.loads((tmp_path / "n100" / "results.json").read_text())
   assert saved["mosaic"]["metrics"] == pytest.approx(results["mosaic"].metrics)
-  table = regbench.collect([str(tmp_path / "n100")], str(tmp_path / "out"))
+  table = regbench.collect([str(tmp_path / "n100")], "gs://evals/regbench")
   assert "| 100 | mosaic |" in table and "in-context 3-gram" in table
   assert "| 0.925 | 0.569 |" in table  # the paper's numbers beside ours
-  assert (tmp_path / "out" / "regbench.png").stat().st_size > 10_000
+  assert storage.path("gs://evals/regbench/regbench.png").stat().length > 10_000
+  assert bucket.appends_refused == 0
 
 
 def test_model_distributions_are_probabilities():

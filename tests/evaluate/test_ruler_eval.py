@@ -1,17 +1,15 @@
 """RULER-style evaluation: tables, and the command line on a tiny trained experiment."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from experiments import registry
-from mosaics_jax.evaluate import ruler as ruler_eval
+from mosaics_jax import storage
+from mosaics_jax.evaluate import command, ruler as ruler_eval
 from mosaics_jax.train import trainer
+from tests.test_storage import bucket  # noqa: F401  (the fixture)
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_table():
@@ -26,16 +24,13 @@ def test_table():
 
 
 @pytest.mark.slow
-def test_command_line_on_a_tiny_experiment(tmp_path):
+def test_command_line_on_a_tiny_experiment(tmp_path, bucket):  # noqa: F811
   config = registry.get_config("ruler_v2", "tiny")
   config.train.models = "mosaic,transformer"
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
-  out = subprocess.run(
-      [sys.executable, "-m", "mosaics_jax.evaluate.ruler", f"--run={tmp_path / 'run'}:mosaic",
-       f"--run={tmp_path / 'run'}:transformer", "--multiples=1,2", "--samples=2",
-       f"--output={tmp_path / 'eval'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  summary = json.loads((tmp_path / "eval" / "ruler.json").read_text())
+  command.run(ruler_eval, [f"--run={tmp_path / 'run'}:mosaic", f"--run={tmp_path / 'run'}:transformer",
+                           "--multiples=1,2", "--samples=2", "--output=gs://evals/ruler"])
+  summary = json.loads(storage.path("gs://evals/ruler/ruler.json").read_text())
   assert summary["samples"] == 2 and set(summary["runs"]) == {"mosaic", "transformer"}
   mosaic = summary["runs"]["mosaic"]
   assert set(mosaic["tasks"]) == {"niah_single", "niah_multikey"}  # the trained tasks
@@ -43,6 +38,7 @@ def test_command_line_on_a_tiny_experiment(tmp_path):
   assert all(0.0 <= score <= 100.0 for scores in mosaic["tasks"].values()
              for score in scores.values())
   assert len(mosaic["examples"]["niah_single"]["2"]["answers"][0]) == 7
-  markdown = (tmp_path / "eval" / "ruler.md").read_text()
+  markdown = storage.path("gs://evals/ruler/ruler.md").read_text()
   assert "| transformer | **overall** |" in markdown and "2x (256 tokens)" in markdown
-  assert (tmp_path / "eval" / "ruler.png").stat().st_size > 5_000
+  assert storage.path("gs://evals/ruler/ruler.png").stat().length > 5_000
+  assert bucket.appends_refused == 0
