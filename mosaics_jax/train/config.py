@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
       restore_step=-1,            # -1: the latest checkpoint
       profile_steps="",           # "START:STOP": a profiler trace of those steps
       peak_flops=0.0,             # per device, for MFU where the device is not in the table
-      evaluators="",              # comma-separated mosaics_jax.evaluate.EVALUATORS to run
+      evaluators="",              # ";"-separated evaluations after training (evaluate/__init__.py)
       wandb_project="",           # also log to Weights & Biases (.[wandb]; WANDB_MODE=offline)
       compilation_cache_dir="",   # "": WORKDIR/compilation_cache (unless JAX has one); "none"
   ))

@@ -282,13 +282,11 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
 
   result.validation_loss = evaluate(program.eval_step, state.params, data.evaluation, mesh)
   log(f"[{name}] validation loss {result.validation_loss:.4f} at step {result.step}")
-  for evaluator in (e.strip() for e in config.train.evaluators.split(",") if e.strip()):
-    if evaluator not in evaluate_lib.EVALUATORS:
-      raise ConfigError(f"train.evaluators names {evaluator!r}; known: "
-                        f"{sorted(evaluate_lib.EVALUATORS)}.")
-    result.metrics.update(evaluate_lib.evaluator(evaluator)(program.model, state.params, data,
-                                                            config))
-    log(f"[{name}] {evaluator}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+  for evaluator, _ in evaluate_lib.parse_evaluators(config.train.evaluators):
+    if evaluator in evaluate_lib.EVALUATORS:  # the commands run after, from the checkpoint
+      found = evaluate_lib.evaluator(evaluator)(program.model, state.params, data, config)
+      result.metrics.update(found)
+      log(f"[{name}] {evaluator}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
   if data.tokenizer is not None and config.report.prompts:
     prompts = [[data.tokenizer.eot_id] + ids for ids in data.tokenizer.encode(config.report.prompts)]
     continuations = generate.sample(
@@ -417,6 +415,10 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
                       f"({list(config.models)}): rename or remove them.")
   for name in names:
     optimizer_config(name, config)  # unknown fields fail before any data is built
+  try:
+    evaluate_lib.parse_evaluators(config.train.evaluators)
+  except ValueError as error:
+    raise ConfigError(str(error)) from error
   wandb_logger.require_wandb(config.train.wandb_project)
   workdir = storage.path(workdir)
   if jax.process_index() == 0:
@@ -436,6 +438,13 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
                                     workdir / name, mode, preemption)
         if results[name].preempted:
           return results
+    if mode != "train":  # evaluation commands: each restores its model onto the mesh itself
+      for evaluator, args in evaluate_lib.parse_evaluators(config.train.evaluators):
+        if evaluator in evaluate_lib.COMMANDS:
+          for name in names:
+            found = evaluate_lib.after_training(evaluator, args, workdir / name, mesh)
+            results[name].metrics.update(found)
+            log(f"[{name}] {evaluator}: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
     if mode != "train" and jax.process_index() == 0:
       report.write(workdir, results, data.description)
   return results

@@ -8,7 +8,10 @@ import pytest
 
 from mosaics_jax import storage
 from mosaics_jax.evaluate import command, extrapolation, position_loss, story_prompts
+from mosaics_jax.train import trainer
+from mosaics_jax.train.config import ConfigError
 from tests.test_storage import bucket  # noqa: F401  (the fixture)
+from tests.train.test_trainer import tiny
 
 TEXT = "package:tinystories/validation.txt"
 
@@ -40,3 +43,28 @@ def test_story_prompts_on_a_mesh_as_on_one_device_and_into_a_bucket(tiny_run, bu
   assert meshed == one and one.count("\n") == 24 + 2
   assert storage.path("gs://evals/prompts8/story_prompts.md").read_text().endswith(one)
   assert bucket.appends_refused == 0
+
+
+def test_evaluations_after_training_equal_their_command_lines(tmp_path):
+  evaluators = f"extrapolation --text={TEXT} --multiples=1,2 --windows=2; story_prompts --tokens=3"
+  results = trainer.train_and_evaluate(
+      tiny(**{"train.num_steps": 2, "train.eval_every": 0, "train.evaluators": evaluators}),
+      str(tmp_path))
+  metrics = results["mosaic"].metrics
+  assert set(metrics) == {f"extrapolation/{k}/{key}" for k in (1, 2)
+                          for key in ("loss", "windows")} | {"extrapolation/2/beyond"}
+  by_hand = command.run(extrapolation, [f"--run={tmp_path}:mosaic", f"--text={TEXT}",
+                                        "--multiples=1,2", "--windows=2",
+                                        f"--output={tmp_path / 'by_hand'}"])
+  assert metrics["extrapolation/2/loss"] == pytest.approx(by_hand["mosaic"][2]["loss"], rel=1e-5)
+  saved = json.loads((tmp_path / "results.json").read_text())["mosaic"]["metrics"]
+  assert saved == pytest.approx(metrics)
+  written = tmp_path / "mosaic" / "evaluations"
+  assert (written / "extrapolation" / "extrapolation.md").exists()
+  assert "| # | prompt |" in (written / "story_prompts" / "story_prompts.md").read_text()
+  for bad, message in (("rulers", "known: .*'ruler'"), ("ruler --sample=3", "sample"),
+                       ("ruler --output=/tmp/x", "leave them out"),
+                       ("regbench --samples=1", "takes no flags")):
+    with pytest.raises(ConfigError, match=message):
+      trainer.train_and_evaluate(tiny(**{"train.evaluators": bad}), str(tmp_path / "bad"))
+  assert not (tmp_path / "bad" / "mosaic").exists()  # refused before any training
