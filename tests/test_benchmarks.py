@@ -61,3 +61,14 @@ def test_retrieval_benchmark_tiny(tmp_path):
       assert row["max_error"] < 1e-5  # the fused path reads what the reference reads
   assert json.loads((tmp_path / "rows.json").read_text()) == rows
   assert "### Retrieval op" in markdown.read_text()
+
+
+import restore as restore_benchmark  # noqa: E402  (benchmarks/restore.py)
+
+
+def test_restore_benchmark_tiny(tmp_path):
+  rows = restore_benchmark.main(["--embed_dim=32", "--layers=1", "--slots=16", "--json",
+                                 str(tmp_path / "rows.json")])
+  assert [r["restore"] for r in rows] == ["parameters", "whole state"]
+  assert all(r["peak_bytes"] >= r["before_bytes"] > 0 for r in rows)
+  assert rows[0]["parameter_bytes"] == rows[1]["parameter_bytes"] > 0
