@@ -55,9 +55,17 @@ def test_exact_distributions_and_training_pairs(splits):
 def test_metrics_and_ngram_baselines_match_the_spec(splits):
   test = splits["test"]
   true = test.distributions()
-  assert R.score(true, true) == {"accuracy": 1.0, "tvd": 0.0}
-  uniform = [np.full_like(q, 1 / 20) for q in true]
-  assert abs(R.score(uniform, true)["tvd"] - 0.90) < 0.01  # uniform over 20 tokens
+  perfect = R.score(true, true)
+  assert perfect["accuracy"] == 1.0 and perfect["tvd"] == 0.0 and perfect["legal_mass"] == \
+      pytest.approx(1.0)
+  assert perfect["cross_entropy"] == pytest.approx(perfect["true_entropy"]) == pytest.approx(
+      perfect["entropy"])
+  assert 0.5 < perfect["true_entropy"] < 2.0  # a few legal letters, spread evenly
+  uniform = R.score([np.full_like(q, 1 / 20) for q in true], true)
+  assert abs(uniform["tvd"] - 0.90) < 0.01  # uniform over 20 tokens
+  assert uniform["entropy"] == pytest.approx(np.log(20)) == uniform["cross_entropy"]
+  legal_letters = np.concatenate([(q > 0).sum(-1) for q in true])
+  assert uniform["legal_mass"] == pytest.approx(legal_letters.mean() / 20)
   # Spec section 1.6-1.7 (other draws of 500 test automata): 2-gram 0.818 / 0.334,
   # 3-gram 0.932 / 0.262, 4-gram 0.948 / 0.274; unigram 0.50 / 0.62.
   anchors = {1: (0.50, 0.62), 2: (0.818, 0.334), 3: (0.932, 0.262), 4: (0.948, 0.274)}
