@@ -4,7 +4,7 @@ r"""The retrieval op alone, forward + backward: our fused path against causal at
         --record                                   # on a GPU: bf16, cuDNN where it applies
     python benchmarks/retrieval.py --tiny          # a CPU smoke run (what the tests run)
 
-For each context length and memory kind, three implementations on the same (B, T, H, D)
+For each context length and memory kind, up to five implementations on the same (B, T, H, D)
 queries, keys and values, each jitted as ``value_and_grad`` of ``sum(out * cotangent)``:
 
 * ``ours``: ``kernels.retrieval.retrieve`` with its automatic choice (cuDNN flash attention on
@@ -15,6 +15,8 @@ queries, keys and values, each jitted as ``value_and_grad`` of ``sum(out * cotan
   ``--slots`` learned slots per head; cuDNN on a GPU, recomputed probabilities elsewhere);
 * ``attention``: ``jax.nn.dot_product_attention(is_causal=True)``, ordinary causal attention on
   the same shapes (what a transformer pays), automatic implementation;
+* ``xla``, ``blockwise``: ``retrieve`` forced onto one path (``kernels/retrieval.py``), to
+  compare what the automatic choice could take (not for ``persistent``);
 * ``reference``: the explicit T x T einsum of ``retrieve_reference`` (skipped above
   ``--max_reference_length``: its memory grows as T^2); for ``persistent``, the einsums of
   ``read_slots_reference``, which keep the T x N probabilities.
@@ -42,7 +44,8 @@ from mosaics_jax.kernels import retrieval, slots
 import recording  # benchmarks/recording.py, beside this script
 
 KINDS = ("contextual", "short_term", "long_term", "persistent")
-IMPLEMENTATIONS = ("ours", "attention", "reference")
+IMPLEMENTATIONS = ("ours", "attention", "reference", "xla", "blockwise")
+FORCED = ("xla", "blockwise")  # one retrieval path by name (the contextual kinds only)
 
 
 def _reader(implementation: str, kind: str, args):
@@ -58,7 +61,9 @@ def _reader(implementation: str, kind: str, args):
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=True)
   if implementation == "reference":
     return lambda q, k, v: retrieval.retrieve_reference(q, k, v, skip=skip, window=window)
-  return lambda q, k, v: retrieval.retrieve(q, k, v, skip=skip, window=window)
+  forced = implementation if implementation in FORCED else None
+  return lambda q, k, v: retrieval.retrieve(q, k, v, skip=skip, window=window,
+                                            implementation=forced)
 
 
 def _timed(function, *inputs, repeats: int) -> tuple[float, jax.Array]:
@@ -92,7 +97,8 @@ def measure(length: int, kind: str, args, with_attention: bool = True) -> list[d
   rows, reference_out = [], None
   for implementation in args.implementations:
     if ((implementation == "reference" and length > args.max_reference_length) or
-        (implementation == "attention" and not with_attention)):
+        (implementation == "attention" and not with_attention) or
+        (implementation in FORCED and kind == "persistent")):
       continue
     read = _reader(implementation, kind, args)
     step = jax.jit(jax.value_and_grad(

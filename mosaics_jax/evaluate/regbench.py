@@ -70,6 +70,18 @@ def ngram_baselines(num_train: int, seed: int, held_out: int = regbench.TEST_PFA
                                        for x in test.instances], true) for n in orders}
 
 
+def _number(values: dict, key: str) -> str:
+  return f"{values[key]:.3f}" if values.get(key) is not None else "-"
+
+
+def _diagnostics(values: dict, prefix: str = "") -> list[str]:
+  """Entropy, legal mass, and the expected loss against its floor (runs from before these
+  diagnostics existed have none: '-')."""
+  loss, floor = values.get(prefix + "cross_entropy"), values.get(prefix + "true_entropy")
+  return [_number(values, prefix + "entropy"), _number(values, prefix + "legal_mass"),
+          f"{loss:.2f} / {floor:.2f}" if loss is not None and floor is not None else "-"]
+
+
 def collect(workdirs, output: str) -> str:
   """Table and plot of a sweep: each workdir is one N (its config.json says which), local or
   in a bucket, as ``output`` is."""
@@ -82,20 +94,22 @@ def collect(workdirs, output: str) -> str:
     baselines = ngram_baselines(n, config["seed"], config["data"]["regbench_eval_pfas"])
     rows.append((n, results, baselines))
   rows.sort(key=lambda row: row[0])
-  lines = ["| N | model | test accuracy | test TVD | paper accuracy | paper TVD | "
-           "in-distribution accuracy | in-distribution TVD |",
-           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  lines = ["| N | model | test accuracy | test TVD | paper accuracy | paper TVD | entropy | "
+           "legal mass | loss / floor | validation loss | in-distribution accuracy | "
+           "in-distribution TVD |", "| ---: | --- |" + " ---: |" * 10]
   for n, results, baselines in rows:
     for name, result in results.items():
       metrics = result["metrics"]
       paper = PAPER.get(name, {}).get(n)
-      lines.append(f"| {n} | {name} | {metrics['test_accuracy']:.3f} | {metrics['test_tvd']:.3f} "
-                   f"| {paper[0] if paper else '-'} | {paper[1] if paper else '-'} | "
-                   f"{metrics['in_distribution_accuracy']:.3f} | "
-                   f"{metrics['in_distribution_tvd']:.3f} |")
+      lines.append(f"| {n} | {name} | " + " | ".join(
+          [_number(metrics, "test_accuracy"), _number(metrics, "test_tvd"),
+           str(paper[0]) if paper else "-", str(paper[1]) if paper else "-",
+           *_diagnostics(metrics, "test_"), _number(result, "validation_loss"),
+           _number(metrics, "in_distribution_accuracy"),
+           _number(metrics, "in_distribution_tvd")]) + " |")
     for name, scores in baselines.items():
       lines.append(f"| {n} | in-context {name} | {scores['accuracy']:.3f} | {scores['tvd']:.3f} "
-                   "| | | | |")
+                   "| | | " + " | ".join(_diagnostics(scores)) + " | | | |")
   table = "\n".join(lines) + "\n"
   figure, axes = plt.subplots(1, 2, figsize=(10, 4))
   for index, name in enumerate(sorted({m for _, results, _ in rows for m in results})):

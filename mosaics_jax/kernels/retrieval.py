@@ -28,13 +28,17 @@ Implementations (``implementation=``):
     mask admits exactly the keys s <= t - skip; outputs are rolled back and the rows that
     see no pair are zeroed. A window becomes ``local_window_size=(window - skip - 1, 0)``.
     cuDNN runs it as flash attention on GPU (bf16/fp16); XLA elsewhere.
+  * ``"blockwise"``: flash attention's online softmax in plain JAX loops, with a custom VJP
+    that recomputes per block (``kernels/blockwise.py``): O(T) memory on any backend, every
+    mask kind above (a traced skip included) and an additive bias; no weight dropout.
   * ``"splash"``: Pallas splash attention, the TPU path (``kernels/splash.py``; the same
     shift trick), run per device under a mesh. It reads lengths in multiples of 128 without an
     additive bias; other calls (a model's initialisation on a short input, decoding steps,
     ALiBi) go to XLA. Interpret mode when the target is not a TPU.
   * ``None``: cuDNN on an Ampere-or-newer GPU when the dtype and head size allow it, splash on
     TPU when the length and bias allow it (in float32 on v2/v3), else XLA (the table is in
-    ``kernels/target.py``); the reference when weight dropout is active (the
+    ``kernels/target.py``; blockwise on a CPU, where it was measured faster than XLA at
+    every length); the reference when weight dropout is active (the
     fused kernels have no dropout). The platform is the target's: the devices of the mesh
     the step is traced under (``kernels/target.py``), not the host's.
 """
@@ -47,10 +51,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mosaics_jax.kernels import splash, target
+from mosaics_jax.kernels import blockwise, splash, target
 
-Implementation = Literal["reference", "xla", "cudnn", "splash"]
-IMPLEMENTATIONS = ("reference", "xla", "cudnn", "splash")
+Implementation = Literal["reference", "blockwise", "xla", "cudnn", "splash"]
+IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn", "splash")
 
 
 def visible_pairs(positions: jax.Array, skip, window: int | None) -> jax.Array:
@@ -270,6 +274,8 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
     return "cudnn"
   if target.splash_dtype(dtype) is not None and splash_reads:
     return "splash"
+  if target.platform() == "cpu":  # measured 2-9x faster than XLA there (docs/benchmarks.md)
+    return "blockwise"
   return "xla"
 
 
@@ -316,6 +322,9 @@ def retrieve(queries: jax.Array, keys: jax.Array, values: jax.Array, *, skip=1,
                               dropout_rng=dropout_rng, **kwargs)
   if impl == "splash":
     return retrieve_splash(queries, keys, values, **kwargs)
+  if impl == "blockwise":
+    return blockwise.attend(scaled_queries(queries, query_scale), keys, values, skip=skip,
+                            window=window, segment_ids=segment_ids, bias=bias)
   return retrieve_fused(queries, keys, values, bias=bias, implementation=impl, **kwargs)
 
 

@@ -22,7 +22,9 @@ nowhere else; the kernels ask ``splash_dtype`` and ``cudnn_flash``:
   GPU sm80+ (A100, A10, L4,   cuDNN flash attention (bf16 / fp16)    cuDNN (bf16 / fp16)
   H100, H200, B200)
   GPU below sm80 (T4, V100),  XLA                                    XLA (recomputing)
-  CPU, unknown devices
+  unknown devices
+  CPU                         blockwise (``kernels/blockwise.py``;   XLA (recomputing)
+                              2-9x XLA's speed, measured)
   ==========================  =====================================  =========================
 
 Splash also needs lengths in multiples of 128 and no additive bias (ALiBi); cuDNN a head size

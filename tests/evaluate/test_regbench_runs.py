@@ -34,6 +34,11 @@ def test_tiny_run_and_collect(tmp_path, bucket):  # noqa: F811
   table = regbench.collect([str(tmp_path / "n100")], "gs://evals/regbench")
   assert "| 100 | mosaic |" in table and "in-context 3-gram" in table
   assert "| 0.925 | 0.569 |" in table  # the paper's numbers beside ours
+  metrics = results["mosaic"].metrics
+  assert 0 < metrics["test_entropy"] <= np.log(20) + 1e-6 and 0 < metrics["test_legal_mass"] < 1
+  assert metrics["test_cross_entropy"] >= metrics["test_true_entropy"] > 0
+  row = next(line for line in table.splitlines() if line.startswith("| 100 | mosaic |"))
+  assert f"| {metrics['test_entropy']:.3f} | {metrics['test_legal_mass']:.3f} |" in row
   assert storage.path("gs://evals/regbench/regbench.png").stat().length > 10_000
   assert bucket.appends_refused == 0
 

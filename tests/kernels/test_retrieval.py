@@ -62,10 +62,11 @@ def test_fused_matches_reference_values_and_gradients(kind):
     return out, grads
 
   ref_out, ref_grads = run("reference")
-  out, grads = run("xla")
-  np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
-  for grad, ref_grad in zip(grads, ref_grads):
-    np.testing.assert_allclose(grad, ref_grad, atol=1e-5, rtol=1e-5)
+  for implementation in ("xla", "blockwise"):
+    out, grads = run(implementation)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    for grad, ref_grad in zip(grads, ref_grads):
+      np.testing.assert_allclose(grad, ref_grad, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("segments", [False, True])
@@ -144,7 +145,7 @@ def test_dropout_on_weights():
 
 
 def test_automatic_choice_and_bad_arguments():
-  assert retrieval.resolve_implementation(None, jnp.float32, 64) == "xla"  # on CPU
+  assert retrieval.resolve_implementation(None, jnp.float32, 64) == "blockwise"  # on CPU
   assert retrieval.resolve_implementation("cudnn", jnp.bfloat16, 64) == "cudnn"
   q, k, v, _, _ = _inputs()
   with pytest.raises(ValueError, match="Unknown retrieval implementation"):

@@ -71,7 +71,7 @@ def test_a_v2_model_on_the_splash_path_matches_the_reference():
 def test_splash_is_chosen_only_where_it_applies():
   assert splash.supports(256, has_bias=False) and not splash.supports(200, has_bias=False)
   assert not splash.supports(256, has_bias=True)
-  assert retrieval.resolve_implementation(None, jnp.float32, 64, length=256) == "xla"  # a CPU
+  assert retrieval.resolve_implementation(None, jnp.float32, 64, length=256) == "blockwise"  # CPU
   with pytest.raises(ValueError, match="multiple of 128"):
     short = jnp.zeros((1, 200, H, D))
     retrieval.retrieve_splash(short, short, short)
@@ -99,7 +99,7 @@ def test_the_choice_follows_the_mesh_being_traced_for_not_the_host():
                                             has_bias=True) == "xla"
     assert models.compute_dtype(None) == jnp.bfloat16
   assert target.platform() == jax.default_backend() == "cpu"
-  assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "xla"
+  assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "blockwise"
   assert models.compute_dtype(None) == jnp.float32
 
 
@@ -110,7 +110,7 @@ def test_recording_names_each_choice_and_counts_kernel_flops():
                                                       implementation="splash"), q, k, v)
     jax.eval_shape(lambda q, k, v: retrieval.retrieve(q, k, v), q, k, v)
   assert trace.choices == {"retrieval": {"splash": ["T 256, skip 1, window 40"],
-                                         "xla": ["T 256, skip 1"]}}
+                                         "blockwise": ["T 256, skip 1"]}}
   # A 256-long window reaching 38 pairs back, in one 256 block: one block per head, computed
   # whole: 2 * B * H * 256^2 * D per matmul, 2 forward, 3 + 4 backward.
   per_matmul = 2 * 2 * H * 256 * 256 * D
