@@ -17,7 +17,7 @@ each) is 800 steps for N=100 and 250k for N=40000; a GPU runs N <= 2500 in minut
 ``cpu`` is a smoke run: each model trains a fixed 80 steps of 16 instances (1,280 instances)
 at lr 2e-3, too few to learn the automata in context (the Memory Mosaic's predictions stay
 nearly uniform: entropy 2.90 of at most 3.00 nats); it checks the pipeline, not the claim.
-the N = 500 run took 6 min 36 s for both models (training and the evaluation on 2 x 500
+The N = 500 smoke run took 6 min 36 s for both models (training and the evaluation on 2 x 500
 automata) on 2 CPU cores, 2026-11-29 (the time hardly depends on N: the step count is fixed).
 Results in docs/results.md.
 
