@@ -15,8 +15,8 @@ queries, keys and values, each jitted as ``value_and_grad`` of ``sum(out * cotan
   ``--slots`` learned slots per head; cuDNN on a GPU, recomputed probabilities elsewhere);
 * ``attention``: ``jax.nn.dot_product_attention(is_causal=True)``, ordinary causal attention on
   the same shapes (what a transformer pays), automatic implementation;
-* ``xla``, ``blockwise``: ``retrieve`` forced onto one path (``kernels/retrieval.py``), to
-  compare what the automatic choice could take (not for ``persistent``);
+* ``xla``, ``blockwise``: ``retrieve`` (or ``read_slots``) forced onto one path, to compare
+  what the automatic choice could take;
 * ``reference``: the explicit T x T einsum of ``retrieve_reference`` (skipped above
   ``--max_reference_length``: its memory grows as T^2); for ``persistent``, the einsums of
   ``read_slots_reference``, which keep the T x N probabilities.
@@ -45,7 +45,7 @@ import recording  # benchmarks/recording.py, beside this script
 
 KINDS = ("contextual", "short_term", "long_term", "persistent")
 IMPLEMENTATIONS = ("ours", "attention", "reference", "xla", "blockwise")
-FORCED = ("xla", "blockwise")  # one retrieval path by name (the contextual kinds only)
+FORCED = ("xla", "blockwise")  # one retrieval (or slot-read) path by name
 
 
 def _reader(implementation: str, kind: str, args):
@@ -54,7 +54,8 @@ def _reader(implementation: str, kind: str, args):
   if kind == "persistent":
     if implementation == "reference":
       return slots.read_slots_reference
-    return slots.read_slots
+    forced = implementation if implementation in FORCED else None
+    return lambda q, k, v: slots.read_slots(q, k, v, implementation=forced)
   skip = {"contextual": 1, "short_term": 1, "long_term": args.skip}[kind]
   window = args.window if kind == "short_term" else None
   if implementation == "attention":
@@ -97,8 +98,7 @@ def measure(length: int, kind: str, args, with_attention: bool = True) -> list[d
   rows, reference_out = [], None
   for implementation in args.implementations:
     if ((implementation == "reference" and length > args.max_reference_length) or
-        (implementation == "attention" and not with_attention) or
-        (implementation in FORCED and kind == "persistent")):
+        (implementation == "attention" and not with_attention)):
       continue
     read = _reader(implementation, kind, args)
     step = jax.jit(jax.value_and_grad(

@@ -15,6 +15,9 @@ Implementations (``implementation=``):
     backward pass recomputes the scores, the softmax and the dropout mask (from the same key,
     so the result is the reference's). One more (T x N) matmul per head: 7 instead of 6.
     Supports dropout; the default off GPU.
+  * ``"blockwise"``: the reference in blocks of 128 tokens with a custom VJP that recomputes
+    each block: one block's probabilities alive at a time, O(T) memory. Supports dropout (the
+    key folded per block).
   * ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention`` with the slots as a key/value
     sequence broadcast over the batch, the P memories as extra heads. cuDNN runs it as flash
     attention (bf16/fp16, head size <= 128), which keeps O(T) softmax statistics. No dropout.
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 
 from mosaics_jax.kernels import retrieval, target
 
-IMPLEMENTATIONS = ("reference", "recompute", "xla", "cudnn")
+IMPLEMENTATIONS = ("reference", "recompute", "blockwise", "xla", "cudnn")
 
 
 def read_slots_reference(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array,
@@ -77,6 +80,69 @@ def read_slots_recompute(queries, slot_keys, slot_values, dropout_rng=None,
 
   recomputed.defvjp(forward, backward)
   return recomputed(queries, slot_keys, slot_values, dropout_rng)
+
+
+CHUNK = 128  # tokens per block of the blockwise read
+
+
+def _chunk_read(q_chunk, keys, values, rng, index, dropout_rate):
+  """The reference on one block of tokens, its dropout key folded with the block's index."""
+  chunk_rng = None if rng is None else jax.random.fold_in(rng, index)
+  return read_slots_reference(q_chunk, keys, values, chunk_rng, dropout_rate)
+
+
+def _as_chunks(x, chunk):
+  """(B, T, H, D) -> (T / chunk, B, chunk, H, D), T padded with zeros to a whole chunk."""
+  batch, length = x.shape[:2]
+  count = -(-length // chunk)
+  x = jnp.pad(x, ((0, 0), (0, count * chunk - length), (0, 0), (0, 0)))
+  return jnp.moveaxis(x.reshape(batch, count, chunk, *x.shape[2:]), 1, 0)
+
+
+def _from_chunks(x, length):
+  batch = x.shape[1]
+  return jnp.moveaxis(x, 0, 1).reshape(batch, -1, *x.shape[3:])[:, :length]
+
+
+def read_slots_blockwise(queries, slot_keys, slot_values, dropout_rng=None,
+                         dropout_rate: float = 0.0, chunk: int = CHUNK) -> jax.Array:
+  """The reference in blocks of ``chunk`` tokens, forward and backward, so that only one
+  block's (chunk, H, P, N) probabilities exist at a time: O(T) memory, and blocks small enough
+  to stay in a CPU's caches. A custom VJP recomputes each block; the slots' gradients are
+  summed over blocks. Dropout: the reference's inverted dropout with the key folded per block
+  (the same distribution, another draw than the reference's)."""
+  length = queries.shape[1]
+  chunk = min(chunk, length)
+  read = functools.partial(_chunk_read, dropout_rate=dropout_rate)
+  indices = jnp.arange(-(-length // chunk))
+
+  @jax.custom_vjp
+  def blocks(q, keys, values, rng):
+    out = jax.lax.map(lambda x: read(x[0], keys, values, rng, x[1]), (_as_chunks(q, chunk),
+                                                                      indices))
+    return _from_chunks(out, length)
+
+  def forward(q, keys, values, rng):
+    return blocks(q, keys, values, rng), (q, keys, values, rng)
+
+  def backward(saved, grad):
+    q, keys, values, rng = saved
+
+    def block(carry, x):
+      q_chunk, grad_chunk, index = x
+      _, pullback = jax.vjp(lambda q, k, v: read(q, k, v, rng, index), q_chunk, keys, values)
+      dq, dk, dv = pullback(grad_chunk)
+      return (carry[0] + dk, carry[1] + dv), dq
+
+    zeros = (jnp.zeros(keys.shape, jnp.float32), jnp.zeros(values.shape, jnp.float32))
+    (dk, dv), dq = jax.lax.scan(block, zeros, (_as_chunks(q, chunk),
+                                               _as_chunks(grad.astype(jnp.float32), chunk),
+                                               indices))
+    return (_from_chunks(dq, length).astype(q.dtype), dk.astype(keys.dtype),
+            dv.astype(values.dtype), None)
+
+  blocks.defvjp(forward, backward)
+  return blocks(queries, slot_keys, slot_values, dropout_rng)
 
 
 def read_slots_fused(queries, slot_keys, slot_values, implementation: str = "xla") -> jax.Array:
@@ -137,5 +203,6 @@ def read_slots(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array,
   target.record("slot read", impl, f"{slot_keys.shape[0]} x {slot_keys.shape[2]} slots per head")
   if impl in ("xla", "cudnn"):
     return read_slots_fused(queries, slot_keys, slot_values, impl)
-  read = read_slots_reference if impl == "reference" else read_slots_recompute
+  read = {"reference": read_slots_reference, "recompute": read_slots_recompute,
+          "blockwise": read_slots_blockwise}[impl]
   return read(queries, slot_keys, slot_values, dropout_rng, dropout_rate)

@@ -150,3 +150,40 @@ def test_persistent_memory_paths_train_alike():
     return jax.value_and_grad(loss, has_aux=True)(params)
 
   _assert_close(run("recompute"), run("reference"), 2e-5)
+
+
+@pytest.mark.parametrize("chunk", [4, 10, 16])  # 3 blocks, the last padded; one; one, padded
+@pytest.mark.parametrize("count", [1, 2])
+def test_blockwise_matches_the_reference_and_its_own_dropout(chunk, count):
+  inputs = _inputs(count)
+  read = lambda rate, rng: lambda q, k, v: slots.read_slots_blockwise(q, k, v, rng, rate,
+                                                                       chunk=chunk)
+
+  def value_and_grads(function):
+    loss = lambda *args: jnp.sum(function(*args) * jnp.sin(jnp.arange(B * T * H * D)).reshape(
+        B, T, H, D))
+    return function(*inputs), jax.grad(loss, argnums=(0, 1, 2))(*inputs)
+
+  _assert_close(value_and_grads(read(0.0, None)), _value_and_grads("reference", inputs), 2e-5)
+  # With dropout: the same blocks and keys differentiated by plain autodiff.
+  rng = jax.random.key(3)
+
+  def plain(q, k, v):
+    chunks = [slots._chunk_read(q[:, i:i + chunk], k, v, rng, i // chunk, 0.3)  # pylint: disable=protected-access
+              for i in range(0, T, chunk)]
+    return jnp.concatenate(chunks, axis=1)
+
+  if T % chunk == 0:
+    _assert_close(value_and_grads(read(0.3, rng)), value_and_grads(plain), 2e-5)
+  dropped = read(0.3, rng)(*inputs)
+  assert not np.allclose(dropped, read(0.0, None)(*inputs))
+
+
+def test_blockwise_keeps_one_block_of_probabilities():
+  queries, slot_keys, slot_values = _inputs(1)
+  queries = jnp.tile(queries, (1, 64, 1, 1))  # T = 640: 5 blocks of 128
+  jaxpr = jax.make_jaxpr(jax.grad(lambda q: jnp.sum(slots.read_slots_blockwise(
+      q, slot_keys, slot_values))))(queries).jaxpr
+  from tests.kernels.test_splash import _shapes  # pylint: disable=import-outside-toplevel
+  probabilities = [s for s in _shapes(jaxpr) if len(s) == 5 and s[-1] == N]
+  assert probabilities and all(s[1] <= 128 for s in probabilities), sorted(set(probabilities))
