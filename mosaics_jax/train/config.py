@@ -18,6 +18,8 @@ locked, so a mistyped ``--config.x.y`` fails at once. Fields:
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from mosaics_jax import models
@@ -55,9 +57,16 @@ def model_section(preset: str, **overrides) -> ml_collections.ConfigDict:
   follow_tokenizer = overrides.get("vocab_size") == 0
   if follow_tokenizer:
     del overrides["vocab_size"]
-  fields = models.config_to_dict(models.model_config(preset, **overrides))
+  config = models.model_config(preset, **overrides)
+  fields = models.config_to_dict(config)
   if follow_tokenizer:
     fields["vocab_size"] = 0
+  # An unset optional field (dtype, the kernels' implementation: None, automatic) becomes a
+  # typed placeholder, so that --config.models.NAME.FIELD=VALUE can set it from the command line.
+  types = {f.name: str(f.type) for f in dataclasses.fields(config)}
+  for name, value in fields.items():
+    if value is None and types[name] == "str | None":
+      fields[name] = ml_collections.config_dict.placeholder(str)
   return ml_collections.ConfigDict(fields)
 
 

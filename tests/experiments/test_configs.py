@@ -1,6 +1,8 @@
 """Every experiment config loads, documents itself, is locked, and builds its models."""
 
 import re
+import subprocess
+import sys
 
 import ml_collections
 import pytest
@@ -56,3 +58,21 @@ def test_config_flag_takes_a_registered_name_or_a_path():
     assert registry.expand_config_names(kept) == kept
   with pytest.raises(SystemExit, match="no experiment 'quickstartt'.*python -m experiments"):
     registry.expand_config_names(["main", "--config=quickstartt:tiny"])
+
+
+def test_unset_model_fields_can_be_set_from_the_command_line():
+  """--config.models.NAME.FIELD=VALUE for a field left None (automatic), as main parses it."""
+  script = (
+      "import sys; from absl import flags; from ml_collections import config_flags;"
+      "from mosaics_jax.train.config import model_config;"
+      "config = config_flags.DEFINE_config_file('config'); flags.FLAGS(sys.argv);"
+      "models = config.value.models;"
+      "print(model_config('mosaic', models.mosaic, 2048).retrieval_implementation,"
+      " model_config('mosaic', models.mosaic, 2048).persistent_implementation,"
+      " model_config('transformer', models.transformer, 2048).dtype)")
+  out = subprocess.run(
+      [sys.executable, "-c", script, f"--config={registry.path('quickstart')}:tiny",
+       "--config.models.mosaic.retrieval_implementation=xla",
+       "--config.models.transformer.dtype=bfloat16"],
+      capture_output=True, text=True, timeout=120, check=True)
+  assert out.stdout.split() == ["xla", "None", "bfloat16"]
