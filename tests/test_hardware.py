@@ -97,9 +97,9 @@ def test_splash_on_every_tpu_generation_in_a_dtype_it_compiles(monkeypatch, kind
   assert ("float32" in target.summary()) == (computes_in == jnp.float32)
 
 
-def test_cpu_takes_xla_and_peak_flops_come_from_the_table(monkeypatch):
+def test_cpu_takes_blockwise_and_peak_flops_come_from_the_table(monkeypatch):
   fake_target(monkeypatch, "cpu", "cpu")
-  assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "xla"
+  assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "blockwise"
   assert target.splash_dtype(jnp.bfloat16) is None and not target.cudnn_flash()
   assert metrics.device_peak_flops(FakeDevice("TPU v5 lite")) == 197e12
   assert metrics.device_peak_flops(FakeDevice("TPU v2")) == 22.5e12  # per core (a device)

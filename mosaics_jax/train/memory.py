@@ -131,8 +131,22 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
                 **activation_memory(model_config, tokens, params))
 
 
+def _as_on_accelerators(model_config):
+  """The model with its automatic retrieval traced on XLA's path, as an accelerator without a
+  fused kernel runs it: its T x T weights are then reported apart (``retrieval_weights``),
+  and the fused kernels' O(T) statistics stand in for them. A CPU host would take the
+  blockwise path (``kernels/retrieval.py``), whose residuals are neither. With weight dropout
+  the automatic choice is the reference everywhere, and stays."""
+  dropout = max(getattr(model_config, "context_dropout", 0.0),
+                getattr(model_config, "attention_dropout", 0.0))
+  if model_config.retrieval_implementation is not None or dropout > 0:
+    return model_config
+  return dataclasses.replace(model_config, retrieval_implementation="xla")
+
+
 def activation_memory(model_config, tokens: jax.ShapeDtypeStruct, params=None) -> dict:
   """The activation fields of ``Memory`` for one device's micro-batch of ``tokens``."""
+  model_config = _as_on_accelerators(model_config)
   params = models.abstract_params(models.build_model(model_config)) if params is None else params
   saved, weights, weights_kept = _residuals(model_config, tokens, params)
   recompute = recompute_weights = 0
