@@ -13,7 +13,7 @@ flash attention does, in ``lax`` loops XLA compiles anywhere:
 
 Only the key blocks a query block can see are visited: up to the last pair t - skip, and from
 the first pair of a window on, so a short-term window of h costs O(T h), not O(T^2). The mask is
-``retrieval.visibility_mask``'s, built per block from positions, so ``skip`` may be traced (v2's
+``retrieval.visibility_mask``, built per block from positions, so ``skip`` may be traced (v2's
 drawn m) and no shift trick is needed. Segment ids and an additive bias (ALiBi) are read per
 block; the bias is a constant (no gradient flows to it: the models' biases are fixed slopes).
 Queries arrive with the bandwidth folded in (``retrieval.scaled_queries``), so the gradient of
@@ -26,6 +26,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from mosaics_jax.kernels import retrieval
 
 BLOCK = 128  # rows and columns of a score block: 64 KiB of float32 per (batch, head)
 
@@ -61,16 +63,15 @@ class _Blocks:
     """Masked float32 scores (B, H, block, block) of query block i against key block j."""
     k_block = jax.lax.dynamic_slice_in_dim(keys, j * self.block, self.block, axis=2)
     scores = _einsum("bhqd,bhkd->bhqk", q_block, k_block)
-    t = i * self.block + jnp.arange(self.block)[:, None]
-    s = j * self.block + jnp.arange(self.block)[None, :]
-    mask = (s <= t - self.skip) & (s < self.length)
-    if self.window is not None:
-      mask &= s > t - self.window
-    mask = mask[None, None]
+    t = i * self.block + jnp.arange(self.block)
+    s = j * self.block + jnp.arange(self.block)
+    rows = cols = None
     if self.segments is not None:
       rows = jax.lax.dynamic_slice_in_dim(self.segments, i * self.block, self.block, axis=1)
       cols = jax.lax.dynamic_slice_in_dim(self.segments, j * self.block, self.block, axis=1)
-      mask = mask & (rows[:, None, :, None] == cols[:, None, None, :])
+    # Padding keys get position -1, which the mask reads as an empty slot.
+    mask = retrieval.visibility_mask(t, jnp.where(s < self.length, s, -1), self.skip,
+                                     self.window, rows, cols)
     if self.bias is not None:
       bias = self.bias
       if bias.shape[2] > 1:

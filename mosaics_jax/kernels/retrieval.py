@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mosaics_jax.kernels import blockwise, splash, target
+from mosaics_jax.kernels import splash, target
 
 Implementation = Literal["reference", "blockwise", "xla", "cudnn", "splash"]
 IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn", "splash")
@@ -274,7 +274,7 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
     return "cudnn"
   if target.splash_dtype(dtype) is not None and splash_reads:
     return "splash"
-  if target.platform() == "cpu":  # measured 2-9x faster than XLA there (docs/benchmarks.md)
+  if target.platform() == "cpu":  # measured 2.2-14x faster than XLA there (docs/benchmarks.md)
     return "blockwise"
   return "xla"
 
@@ -323,6 +323,8 @@ def retrieve(queries: jax.Array, keys: jax.Array, values: jax.Array, *, skip=1,
   if impl == "splash":
     return retrieve_splash(queries, keys, values, **kwargs)
   if impl == "blockwise":
+    # Imported here: kernels/blockwise.py builds its masks with this module's visibility_mask.
+    from mosaics_jax.kernels import blockwise  # pylint: disable=import-outside-toplevel
     return blockwise.attend(scaled_queries(queries, query_scale), keys, values, skip=skip,
                             window=window, segment_ids=segment_ids, bias=bias)
   return retrieve_fused(queries, keys, values, bias=bias, implementation=impl, **kwargs)
