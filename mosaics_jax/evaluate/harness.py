@@ -142,7 +142,8 @@ class MosaicsLM(lm_model.TemplateLM):
         span = slice(len(whole) - 1 - count, len(whole) - 1)
         results[index] = (float(log_probs[row, span].sum()), bool(greedy[row, span].all()))
     for (key, _, _), result in zip(requests, results):
-      self.cache_hook.add_partial("loglikelihood", key, result)
+      if key is not None:  # a rolling window is cached with its whole text, not alone
+        self.cache_hook.add_partial("loglikelihood", key, result)
     return results
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
