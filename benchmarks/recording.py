@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 
-import jax
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
@@ -23,12 +22,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def device(count_devices: bool = False) -> str:
   """'cpu (cpu)', or with ``count_devices`` '8 x cpu (cpu)' (a step over every device)."""
+  import jax  # pylint: disable=import-outside-toplevel  # lazily: not on a torch-only side
   kind = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
   return f"{jax.device_count()} x {kind}" if count_devices else kind
 
 
 def report(rows: list[dict], table: str, args, heading: str, script: str, argv: list[str],
            device_description: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
   print(table)
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -72,3 +72,35 @@ def test_restore_benchmark_tiny(tmp_path):
   assert [r["restore"] for r in rows] == ["parameters", "whole state"]
   assert all(r["peak_bytes"] >= r["before_bytes"] > 0 for r in rows)
   assert rows[0]["parameter_bytes"] == rows[1]["parameter_bytes"] > 0
+
+
+import versus_official  # noqa: E402  (benchmarks/versus_official.py)
+
+
+def test_versus_official_reads_official_weights_and_rejects_bad_shapes(tmp_path, capsys):
+  """Our side of the side-by-side loads an official-layout state dict and computes that
+  model's loss (the official side needs PyTorch and a checkout: run by hand, docs/benchmarks.md)."""
+  import jax
+  import numpy as np
+  import pytest
+  from mosaics_jax import convert, losses, models
+
+  config = models.MosaicConfig(version=1, vocab_size=512, num_layers=2, embed_dim=64,
+                               num_heads=4, persistent_slots=64, context_length=16,
+                               dtype="float32")
+  model = models.MosaicLM(config)
+  params = models.init_params(model, jax.random.key(1))
+  weights = tmp_path / "official.npz"
+  np.savez(weights, **convert.to_state_dict(params, config))
+  versus_official.main(["--worker=ours", "--official=unused", "--model=tiny", "--batch=2",
+                        "--seq_len=32", "--vocab=512", f"--weights={weights}", "--steps=1",
+                        "--warmup=0"])
+  row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  data = versus_official.tokens(2, 32, 512).astype(np.int32)
+  logits = model.apply({"params": params}, data[:, :-1])  # longer than context_length: fine
+  assert abs(row["loss"] - float(losses.cross_entropy(logits, data[:, 1:]))) < 1e-5
+  assert row["seconds"] > 0 and row["temp_gib"] > 0 and row["peak_rss_gib"] > 0
+  with pytest.raises(SystemExit, match="unknown model 'big'"):
+    versus_official.parse_shapes("small:4x1024,big:1x512")
+  with pytest.raises(SystemExit, match="MODEL:BATCHxLENGTH"):
+    versus_official.parse_shapes("small:4-1024")
