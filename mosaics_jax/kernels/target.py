@@ -23,8 +23,8 @@ nowhere else; the kernels ask ``splash_dtype`` and ``cudnn_flash``:
   H100, H200, B200)
   GPU below sm80 (T4, V100),  XLA                                    XLA (recomputing)
   unknown devices
-  CPU                         blockwise (``kernels/blockwise.py``;   XLA (recomputing)
-                              2-9x XLA's speed, measured)
+  CPU                         blockwise (``kernels/blockwise.py``;   blockwise (a quarter of
+                              2-14x XLA's speed, measured)           the memory, as fast)
   ==========================  =====================================  =========================
 
 Splash also needs lengths in multiples of 128 and no additive bias (ALiBi); cuDNN a head size

@@ -137,6 +137,10 @@ def _as_on_accelerators(model_config):
   and the fused kernels' O(T) statistics stand in for them. A CPU host would take the
   blockwise path (``kernels/retrieval.py``), whose residuals are neither. With weight dropout
   the automatic choice is the reference everywhere, and stays."""
+  if (isinstance(model_config, models.MosaicConfig) and model_config.version == 1 and
+      model_config.persistent_implementation is None and jax.default_backend() == "cpu"):
+    # A CPU host reads the slots blockwise; an accelerator without cuDNN recomputes them.
+    model_config = dataclasses.replace(model_config, persistent_implementation="recompute")
   dropout = max(getattr(model_config, "context_dropout", 0.0),
                 getattr(model_config, "attention_dropout", 0.0))
   if model_config.retrieval_implementation is not None or dropout > 0:
