@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from mosaics_jax import losses
 from mosaics_jax.layers import axes
 
 Initializer = nn.initializers.Initializer
@@ -147,17 +148,28 @@ def token_embedding(vocab_size: int, width: int, *, init: Initializer, dtype) ->
 
 
 def lm_logits(x: jax.Array, config, embed: nn.Embed, *, init: Initializer, dtype,
-              scale: float = 1.0) -> jax.Array:
+              scale: float = 1.0, targets: jax.Array | None = None) -> jax.Array:
   """Final norm, then the tied embedding (``embed.attend``) or an untied ``head``: float32
-  (B, T, vocab) logits times ``scale``. Call inside the language model's compact method."""
+  (B, T, vocab) logits times ``scale``. With ``targets`` (B, T): the (B, T) float32 token
+  cross-entropies instead, ``config.loss_chunk`` tokens at a time where that is set
+  (``losses.chunked_token_losses``). Call inside the language model's compact method."""
   x = norm(config.norm, eps=config.norm_eps, use_bias=config.use_bias, dtype=dtype,
            name="final_norm")(x)
-  if config.tie_embeddings:
-    logits = embed.attend(x)
-  else:
-    logits = dense(config.vocab_size, axes.EMBED, axes.VOCAB, init=init, use_bias=False,
-                   dtype=dtype, name="head")(x)
-  return nn.with_logical_constraint(logits.astype(jnp.float32) * scale, axes.LOGITS)
+  head = None if config.tie_embeddings else dense(
+      config.vocab_size, axes.EMBED, axes.VOCAB, init=init, use_bias=False, dtype=dtype,
+      name="head")
+  if targets is not None and config.loss_chunk:
+    if head is None:
+      weight = embed.embedding.T
+    else:
+      head(x[:, :1])  # creates the kernel at initialisation
+      weight = nn.unbox(head.variables["params"]["kernel"])
+    dtype = dtype or weight.dtype
+    return losses.chunked_token_losses(x.astype(dtype), weight.astype(dtype), targets, scale,
+                                       config.loss_chunk)
+  logits = embed.attend(x) if head is None else head(x)
+  logits = nn.with_logical_constraint(logits.astype(jnp.float32) * scale, axes.LOGITS)
+  return logits if targets is None else losses.token_losses(logits, targets)
 
 
 def unit_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:

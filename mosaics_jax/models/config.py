@@ -40,6 +40,8 @@ def _check_common(config) -> None:
   if config.dtype is not None:
     compute_dtype(config.dtype)
   _check(config.remat in REMATS, f"remat={config.remat!r}: choose one of {REMATS}.")
+  _check(config.loss_chunk >= 0,
+         f"loss_chunk={config.loss_chunk}: tokens per chunk, or 0 for the whole batch at once.")
   for field in dataclasses.fields(config):
     if field.name.endswith("dropout"):
       value = getattr(config, field.name)
@@ -104,6 +106,9 @@ class MosaicConfig:
   persistent_implementation: str | None = None
   remat: str = "none"  # what backward recomputes: "none", "dots" or "block" (REMATS)
   scan_layers: bool = False  # one scanned block for the stack (models/stack.py)
+  # Training loss: tokens per chunk of the output layer and cross-entropy, each chunk's logits
+  # recomputed in the backward pass (0: all at once). Bounds the (B, T, vocab) logits.
+  loss_chunk: int = 0
 
   def __post_init__(self):
     _check(self.version in (1, 2), f"version={self.version}: Memory Mosaics come as 1 or 2.")
@@ -170,6 +175,7 @@ class TransformerConfig:
   retrieval_implementation: str | None = None
   remat: str = "none"
   scan_layers: bool = False
+  loss_chunk: int = 0  # as MosaicConfig's
 
   def __post_init__(self):
     _check_common(self)

@@ -122,7 +122,7 @@ class MosaicLM(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None, *,
                deterministic: bool = True, long_term_skip: int | jax.Array | None = None,
-               decode: bool = False) -> jax.Array:
+               decode: bool = False, targets: jax.Array | None = None) -> jax.Array:
     """Args:
       tokens: (B, T) int token ids.
       segment_ids: optional (B, T) document ids; memories never read across documents.
@@ -130,6 +130,8 @@ class MosaicLM(nn.Module):
       long_term_skip: v2 only: force m (e.g. to evaluate one value of m).
       decode: continue the sequence held in the 'cache' collection with this chunk (see
         ``layers/cache.py`` and ``mosaics_jax.generate``).
+      targets: (B, T) next tokens: return their (B, T) float32 cross-entropies instead of the
+        logits (``config.loss_chunk`` tokens at a time: what the trainer's loss calls).
     """
     cfg = self.config
     dtype = compute_dtype(cfg.dtype)
@@ -147,4 +149,5 @@ class MosaicLM(nn.Module):
     # The official Library code (not nanoMosaics, not v2) scales the logits by 1/sqrt(d).
     library = cfg.version == 1 and cfg.official_variant == "library"
     return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype,
-                            scale=1 / math.sqrt(cfg.embed_dim) if library else 1.0)
+                            scale=1 / math.sqrt(cfg.embed_dim) if library else 1.0,
+                            targets=targets)

@@ -67,14 +67,15 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
-  """Transformer LM with the same call signature as ``MosaicLM``; returns float32 logits."""
+  """Transformer LM with the same call signature as ``MosaicLM``; returns float32 logits (or,
+  given ``targets``, their token cross-entropies)."""
 
   config: TransformerConfig
 
   @nn.compact
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None, *,
                deterministic: bool = True, long_term_skip: int | jax.Array | None = None,
-               decode: bool = False) -> jax.Array:
+               decode: bool = False, targets: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     dtype = compute_dtype(cfg.dtype)
     length = tokens.shape[1]
@@ -96,4 +97,4 @@ class TransformerLM(nn.Module):
       long_term_skip = long_term_skip_for_step(cfg, deterministic, self.make_rng)
     x = stack.apply_blocks(TransformerBlock, cfg, x, positions, segment_ids, long_term_skip,
                            deterministic, chunk)
-    return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype)
+    return common.lm_logits(x, cfg, embed, init=embed_init, dtype=dtype, targets=targets)

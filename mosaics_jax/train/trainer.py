@@ -76,9 +76,10 @@ def make_loss(model):
   from ``key``."""
 
   def loss_fn(params, batch, key):
-    logits = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"),
-                         deterministic=False, rngs={"dropout": key})
-    return losses.cross_entropy(logits, batch["targets"])
+    token_losses = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"),
+                               deterministic=False, rngs={"dropout": key},
+                               targets=batch["targets"])
+    return losses.mean_loss(token_losses, batch["targets"])
 
   return loss_fn
 
@@ -133,10 +134,9 @@ def make_eval_step(model):
   """(params, batch) -> (summed token loss, token count)."""
 
   def step(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"))
+    token_loss = model.apply({"params": params}, batch["inputs"], batch.get("segment_ids"),
+                             targets=batch["targets"])
     keep = (batch["targets"] >= 0).astype(jnp.float32)
-    token_loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.maximum(batch["targets"], 0))
     return jnp.sum(token_loss * keep), jnp.sum(keep)
 
   return step

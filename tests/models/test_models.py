@@ -211,6 +211,45 @@ def test_bad_configs_fail_with_a_clear_message():
     models.model_config("mosaic_v2_small", long_term_skip_train=(10, 2))
   with pytest.raises(ValueError, match="num_layers=-1"):
     models.model_config("mosaic_v2_small", num_layers=-1)
+  with pytest.raises(ValueError, match="loss_chunk=-8: tokens per chunk"):
+    models.model_config("llama_gpt2_small", loss_chunk=-8)
   with pytest.raises(ValueError, match="learned"):
     model = models.build_model(tiny("gpt2_small"))
     model.init(jax.random.key(0), jnp.zeros((1, T + 1), jnp.int32))
+
+
+def _shapes(jaxpr):
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      yield getattr(var.aval, "shape", ())
+  for sub in jax.extend.core.subjaxprs(jaxpr):
+    yield from _shapes(sub)
+
+
+def test_the_chunked_loss_is_the_loss_without_the_batchs_logits(built):
+  """``loss_chunk``: the same token losses and gradients (tied and untied heads, v1's logit
+  scale, a last chunk padded, ignored targets), and no (B, T, vocab) value in the gradient."""
+  name, model, _ = built
+  model = models.build_model(dataclasses.replace(model.config, vocab_size=80))  # unlike any width
+  params = models.init_params(model, jax.random.key(0))
+  chunked = models.build_model(dataclasses.replace(model.config, loss_chunk=5))  # 23 = 5*4 + 3
+  targets = TOKENS[:, 1:].at[0, :4].set(-1)
+
+  def loss(model, params):
+    token_losses = model.apply({"params": params}, TOKENS[:, :-1], SEGMENTS[:, :-1],
+                               targets=targets)
+    return losses.mean_loss(token_losses, targets), token_losses
+
+  (value, token_losses), grads = jax.value_and_grad(lambda p: loss(model, p), has_aux=True)(params)
+  (value_chunked, chunked_losses), grads_chunked = jax.value_and_grad(
+      lambda p: loss(chunked, p), has_aux=True)(params)
+  logits = model.apply({"params": params}, TOKENS[:, :-1], SEGMENTS[:, :-1])
+  np.testing.assert_allclose(value, losses.cross_entropy(logits, targets), rtol=1e-6)
+  np.testing.assert_allclose(chunked_losses, token_losses, rtol=1e-5, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(value_chunked, value, rtol=1e-6)
+  for g, g_chunked in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_chunked)):
+    np.testing.assert_allclose(g_chunked, g, rtol=1e-4, atol=1e-6, err_msg=name)
+  vocab = model.config.vocab_size
+  whole = lambda m: [s for s in _shapes(jax.make_jaxpr(jax.grad(lambda p: loss(m, p)[0]))(
+      params).jaxpr) if len(s) == 3 and s[-1] == vocab and s[1] >= T - 1]
+  assert whole(model) and not whole(chunked), name  # the check sees the unchunked logits
