@@ -6,6 +6,7 @@ import pathlib
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -49,9 +50,9 @@ def _batch():
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": segments}
 
 
-def _one_step(name, mesh):
+def _one_step(name, mesh, section=None):
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    program = trainer.build_program(name, MODELS[name], _config(), VOCAB, mesh)
+    program = trainer.build_program(name, section or MODELS[name], _config(), VOCAB, mesh)
     state = jax.jit(program.init, out_shardings=program.state_shardings)(jax.random.key(0))
     state, step_metrics = program.train_step(state, sharding.global_batch(_batch(), mesh))
     return program, jax.device_get(state), jax.device_get(step_metrics)
@@ -87,6 +88,21 @@ def test_sharded_steps_equal_one_device(single_device, shape):
     assert any("fsdp" in spec for spec in specs.values())
   if shape[2] > 1:
     assert any("tensor" in spec for spec in specs.values())
+
+
+def test_a_chunked_loss_on_a_mesh_is_the_loss_on_one_device(single_device):
+  """``loss_chunk`` on the 3-axis mesh (vocabulary split over ``tensor``, the batch over the
+  rest): the step of one device without it."""
+  name, (_, state, step_metrics) = single_device
+  if name != "mosaic_v1":
+    pytest.skip("one model: the head and loss are shared by all")
+  section = ml_collections.ConfigDict(MODELS[name].to_dict())
+  section.loss_chunk = 5
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, (2, 2, 2))))
+  _, chunked_state, chunked_metrics = _one_step(name, mesh, section)
+  assert abs(float(chunked_metrics["loss"]) - float(step_metrics["loss"])) < 1e-5
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                         chunked_state.params, state.params)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
