@@ -25,6 +25,12 @@ read, nothing is written, nothing runs. Per model it reports
     their ratio shows recomputation and what the formula leaves out);
   * two floors of the step time, labelled as estimates: compiled FLOPs over the chip's peak,
     compiled bytes accessed over its HBM bandwidth, and the tokens/s/device they bound;
+  * a roofline: compiled FLOPs and bytes per token, their ratio (arithmetic intensity) against
+    the chip's ridge point (peak FLOP/s over HBM bytes/s: below it the step is bound by
+    memory), and the floor-bound MFU (our model FLOPs over the larger floor times the peak:
+    the most MFU the compiled program allows);
+  * the five ops (fusions, matmuls, copies, collectives, kernels) that move the most bytes and
+    the five that do the most FLOPs, from the compiled module (``hlo_costs.py``);
   * compile times.
 
 Exits with status 1, naming the layout and the fix, when a step does not compile or does not
@@ -59,7 +65,7 @@ from absl import app, flags  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mosaics_jax import cli, generate, hardware  # noqa: E402
+from mosaics_jax import cli, generate, hardware, hlo_costs  # noqa: E402
 from mosaics_jax.data import text  # noqa: E402
 from mosaics_jax.kernels import target  # noqa: E402
 from mosaics_jax.train import memory, sharding, trainer  # noqa: E402
@@ -86,6 +92,8 @@ class Report:
   bytes_accessed: float
   tokens: int  # trained tokens per device per step
   floors: dict  # compute_seconds, memory_seconds, tokens_per_second
+  roofline: dict  # flops_per_token, bytes_per_token, intensity, ridge, bound, floor_mfu
+  top_ops: dict  # bytes, flops: the top ops (hlo_costs.summary); total_bytes, total_flops
   compile_seconds: dict  # train step, micro steps (with accumulation), decode step
   decode: dict | None  # the decode step: rows, cache length, memory total
 
@@ -239,13 +247,19 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
   floors = dict(compute_seconds=total / chip.peak_flops,
                 memory_seconds=accessed / chip.hbm_bandwidth)
   floors["tokens_per_second"] = tokens / max(max(floors.values()), 1e-12)
+  floor = max(floors["compute_seconds"], floors["memory_seconds"])
+  roofline = dict(flops_per_token=total / tokens, bytes_per_token=accessed / tokens,
+                  intensity=total / max(accessed, 1.0),
+                  ridge=chip.peak_flops / chip.hbm_bandwidth,
+                  floor_mfu=program.flops_per_token * tokens / max(floor * chip.peak_flops, 1.0))
+  roofline["bound"] = "memory" if roofline["intensity"] < roofline["ridge"] else "compute"
   return Report(
       model=name, parameters=program.parameters, kernels=trace.choices, memory=_memory(step),
       hbm=chip.memory, estimate=used.total(fused=fused),
       flops=dict(xla=xla, kernels=kernels, total=total,
                  model=program.flops_per_token * tokens),
-      bytes_accessed=accessed, tokens=tokens, floors=floors, compile_seconds=seconds,
-      decode=decoded)
+      bytes_accessed=accessed, tokens=tokens, floors=floors, roofline=roofline,
+      top_ops=hlo_costs.summary(step.as_text()), compile_seconds=seconds, decode=decoded)
 
 
 def compile_config(config, slice_name: str, names=None, label: str = "",
@@ -298,8 +312,30 @@ def _tera(flops: float) -> str:
   return f"{flops / 1e12:,.1f}"
 
 
+def _scaled(value: float, unit: str) -> str:
+  """1.5e9 -> '1.50 GB'; 2e6 FLOP -> '2.00 MFLOP'."""
+  for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(value) >= scale:
+      return f"{value / scale:,.2f} {prefix}{unit}"
+  return f"{value:,.0f} {unit}"
+
+
+def _top_lines(top_ops: dict) -> list[str]:
+  """The top ops; each operand and result counted once (on TPU the compiler's own total,
+  in the floors above, counts more: it models the chip's memory traffic)."""
+  lines = []
+  for by, what, unit in (("bytes", "bytes accessed", "B"), ("flops", "FLOPs", "FLOP")):
+    lines.append(f"  top ops by {what} (of {_scaled(top_ops['total_' + by], unit)} over every "
+                 "op, operands and results once, loops multiplied out):")
+    for op in top_ops[by]:
+      runs = f" x{op['count']}" if op["count"] > 1 else ""
+      lines.append(f"    {_scaled(op[by], unit)} ({op['share']:.0%}) {op['kind']} "
+                   f"{op['name']}{runs}: {op['source'] or '-'}")
+  return lines
+
+
 def format_report(report: Report) -> str:
-  memory, flops, floors = report.memory, report.flops, report.floors
+  memory, flops, floors, roofline = report.memory, report.flops, report.floors, report.roofline
   kernels = "; ".join(f"{op}: {impl} [{' | '.join(calls)}]" for op, impls in report.kernels.items()
                       for impl, calls in impls.items())
   lines = [
@@ -319,6 +355,12 @@ def format_report(report: Report) -> str:
       f"{floors['memory_seconds']:.3f} s ({report.bytes_accessed / 1e9:,.1f} GB accessed): at "
       f"most {floors['tokens_per_second']:,.0f} tokens/s/device ({report.tokens:,} tokens per "
       f"device per step)",
+      f"  roofline: {_scaled(roofline['flops_per_token'], 'FLOP')} and "
+      f"{_scaled(roofline['bytes_per_token'], 'B')} accessed per token; intensity "
+      f"{roofline['intensity']:,.0f} FLOP/byte against the chip's ridge point "
+      f"{roofline['ridge']:,.0f}: {roofline['bound']}-bound; floor-bound MFU "
+      f"{roofline['floor_mfu']:.0%}",
+      *_top_lines(report.top_ops),
       "  compiled in " + ", ".join(f"{s:.1f} s ({what.replace('_', ' ')})"
                                    for what, s in report.compile_seconds.items()),
   ]

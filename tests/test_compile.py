@@ -171,6 +171,24 @@ def test_the_command_reports_kernels_memory_and_flops_as_json():
   assert 0.9 < flops["total"] / flops["model"] < 2.0
   assert mosaic["floors"]["tokens_per_second"] > 0
   assert mosaic["decode"]["rows"] == 8 and mosaic["decode"]["memory"]["total"] > 0
+  # The roofline: per-token figures, the ridge of a v5e (197 TFLOP/s over 819 GB/s), the MFU
+  # that the larger floor allows.
+  roofline, floors = mosaic["roofline"], mosaic["floors"]
+  assert roofline["flops_per_token"] * mosaic["tokens"] == pytest.approx(flops["total"])
+  assert roofline["bytes_per_token"] * mosaic["tokens"] == pytest.approx(mosaic["bytes_accessed"])
+  assert roofline["ridge"] == pytest.approx(197e12 / 819e9)
+  assert roofline["bound"] == ("memory" if roofline["intensity"] < roofline["ridge"] else "compute")
+  assert roofline["floor_mfu"] == pytest.approx(
+      flops["model"] / (max(floors["compute_seconds"], floors["memory_seconds"]) * 197e12))
+  # The top ops: ranked, within the totals over every op, named after the model's code; the
+  # splash kernels are custom calls among the bytes (their FLOPs are counted apart).
+  top = mosaic["top_ops"]
+  for by in ("bytes", "flops"):
+    values = [op[by] for op in top[by]]
+    assert len(values) == 5 and values == sorted(values, reverse=True) and values[-1] > 0
+    assert sum(values) <= top["total_" + by] and sum(op["share"] for op in top[by]) <= 1
+  assert any("MosaicLM" in op["source"] for op in top["flops"])
+  assert 0.1 < top["total_bytes"] / mosaic["bytes_accessed"] < 2
 
 
 def test_flops_of_an_accumulated_step_count_every_micro_batch():
@@ -212,6 +230,11 @@ def test_a_scanned_stack_compiles_to_the_unrolled_memory_and_flops(experiment="v
                                                                       unrolled.flops)
   assert abs(scanned.bytes_accessed / unrolled.bytes_accessed - 1) < 0.25
   assert scanned.memory["total"] < 1.5 * unrolled.memory["total"]
+  # The per-op figures count each loop's trips (the layers' and the micro-batches'): the
+  # scanned program's FLOPs are the unrolled one's; its bytes 1.29x (the loop's carries are
+  # copied; slices of the stacked weights are counted as slices).
+  assert abs(scanned.top_ops["total_flops"] / unrolled.top_ops["total_flops"] - 1) < 0.05
+  assert 1 <= scanned.top_ops["total_bytes"] / unrolled.top_ops["total_bytes"] < 1.4
 
 
 def test_a_layout_that_does_not_fit_fails_with_the_fix():
@@ -227,7 +250,8 @@ def test_a_layout_that_does_not_fit_fails_with_the_fix():
   config = registry.get_config("quickstart", "tiny")
   nearly_full = compile_lib.Report(
       model="mosaic", parameters=1, kernels={}, hbm=16e9, estimate=1, flops={},
-      bytes_accessed=0, tokens=1, floors={}, compile_seconds={}, decode=None,
+      bytes_accessed=0, tokens=1, floors={}, roofline={}, top_ops={}, compile_seconds={},
+      decode=None,
       memory=dict(arguments=0, outputs=0, aliased=0, temporaries=0, code=0, total=15e9))
   with pytest.raises(compile_lib.CompileError, match="94% of the chip's 16 GB .*remat=block"):
     compile_lib.check_fits([nearly_full], config, "quickstart.py:tiny")
