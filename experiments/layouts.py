@@ -2,6 +2,7 @@
 
     python -m experiments.layouts            # the table of memory per device (5 min on a CPU)
     python -m experiments.layouts --compiled # each TPU layout compiled for its slice (hours)
+    python -m experiments.layouts --tune=v2_pretraining:small:v5p-128  # the least recompute
     python launch/tpu.py up --name=v2 --zone=us-east5-a --accelerator=v5p-128 \
         -- --config=experiments/configs/v2_pretraining.py:small,pod=v5p-128 --workdir=gs://B/v2
 
@@ -14,7 +15,11 @@ every layout fits 90% of the device's memory. Retrieval runs on fused kernels th
 T x T weights (splash on TPU, cuDNN on H100s), except with weight dropout (GPT-2's attention
 dropout), which only the reference path has. ``--compiled`` compiles each TPU layout's steps
 for its slice with the TPU compiler on this host (``mosaics_jax/compile.py``) and tabulates
-the compiler's memory and FLOPs beside the estimates.
+the compiler's memory and FLOPs beside the estimates. ``--tune`` compiles every candidate
+layout of a slice's mesh (each remat, each accumulation from 1 to 8 that gives whole
+micro-batches) at 1 and 2 blocks, extrapolates per block to the full depth, and picks the one
+with the lowest step-time floor that fits 85% of HBM (on a tie, the fewer micro-batches);
+then compiles it at full depth to confirm.
 """
 
 from __future__ import annotations
@@ -142,14 +147,142 @@ def compiled_rows(experiment: str, size: str, slice_name: str, names=None,
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A layout's compiled cost at full depth, extrapolated from its compiles at 1 and 2 blocks
+  (the blocks are identical: each adds the same memory, bytes and FLOPs)."""
+
+  layout: Layout
+  memory: float  # compiled bytes per device
+  share: float  # of the chip's HBM
+  compute_seconds: float  # the step-time floors
+  memory_seconds: float
+  flops_ratio: float  # compiled FLOPs over ours
+  floor_mfu: float  # our FLOPs over the larger floor times the chip's peak
+  error: str = ""  # why it does not compile, if it does not
+
+  @property
+  def floor(self) -> float:
+    return max(self.compute_seconds, self.memory_seconds)
+
+
+def _candidate_config(experiment: str, size: str, slice_name: str, name: str, layout: Layout,
+                      depth: int):
+  config = _config(experiment, size, slice_name)
+  with config.unlocked():
+    config.optimizer.accumulation_steps = layout.accumulation
+    config.models[name].remat = layout.remat
+    config.models[name].num_layers = depth
+  return config
+
+
+def _evaluate(experiment, size, slice_name, name, layout, layers, compile_model) -> Candidate:
+  """Compile ``layout`` at depths 1 and 2 and extrapolate to ``layers`` blocks."""
+  from mosaics_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  chip, _ = hardware.chip(slice_name)
+  reports = []
+  for depth in (1, 2):
+    config = _candidate_config(experiment, size, slice_name, name, layout, depth)
+    try:
+      reports.append(compile_model(config, slice_name, name))
+    except compile_lib.CompileError as error:
+      return Candidate(layout, float("inf"), float("inf"), float("inf"), float("inf"),
+                       float("inf"), 0.0, error=str(error).split(": ", 1)[-1][:200])
+  one, two = reports
+  at_depth = lambda f: f(one) + (layers - 1) * (f(two) - f(one))
+  memory = at_depth(lambda r: r.memory["total"])
+  flops, ours = at_depth(lambda r: r.flops["total"]), at_depth(lambda r: r.flops["model"])
+  compute, hbm = flops / chip.peak_flops, at_depth(lambda r: r.bytes_accessed) / chip.hbm_bandwidth
+  return Candidate(layout, memory, memory / chip.memory, compute, hbm, flops / max(ours, 1.0),
+                   ours / max(max(compute, hbm) * chip.peak_flops, 1.0))
+
+
+def _compile_one(config, slice_name: str, name: str):
+  from mosaics_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  _, (report,) = compile_lib.compile_config(config, slice_name, [name], label=name,
+                                            decode=False)
+  return report
+
+
+def tune(experiment: str, size: str, slice_name: str, name: str,
+         remats=("none", "dots", "block"), accumulations=(1, 2, 4, 8), budget: float = 0.85,
+         compile_model=_compile_one) -> list[Candidate]:
+  """Every candidate layout of model ``name`` on ``slice_name`` (the slice's mesh as the
+  experiment lays it out; each remat, and each accumulation that divides the batch into
+  whole per-device micro-batches), compiled at reduced depth; sorted best first: those that
+  fit ``budget`` of HBM by the lowest step-time floor (fewer micro-batches on a tie), then
+  the rest."""
+  config = _config(experiment, size, slice_name)
+  _, devices = hardware.chip(slice_name)
+  mesh = (config.mesh.data, config.mesh.fsdp)
+  layers = config.models[name].num_layers
+  candidates = []
+  for accumulation in accumulations:
+    if config.data.batch_size % (devices * accumulation):
+      continue  # no whole micro-batch per device
+    for remat in remats:
+      layout = Layout(*mesh, accumulation, remat)
+      candidates.append(_evaluate(experiment, size, slice_name, name, layout, layers,
+                                  compile_model))
+  return sorted(candidates, key=lambda c: (c.share > budget, c.floor, c.layout.accumulation))
+
+
+TUNE_HEADER = ("| remat | micro-batch x accumulation | compiled memory (of HBM) | floor compute "
+               "/ HBM | compiled / ours | floor-bound MFU | |\n"
+               "| --- | --- | ---: | ---: | ---: | ---: | --- |")
+
+
+def tune_rows(candidates: list[Candidate], batch: int, devices: int, budget: float) -> list[str]:
+  out = []
+  for index, c in enumerate(candidates):
+    micro = f"{batch // (devices * c.layout.accumulation)} x {c.layout.accumulation}"
+    if c.error:
+      out.append(f"| {c.layout.remat} | {micro} | does not compile: {c.error} | | | | |")
+      continue
+    verdict = ("**chosen**" if index == 0 and c.share <= budget else
+               "over budget" if c.share > budget else "")
+    out.append(f"| {c.layout.remat} | {micro} | {c.memory / GIB:.2f} GiB ({c.share:.0%}) | "
+               f"{c.compute_seconds:.3f} / {c.memory_seconds:.3f} s | {c.flops_ratio:.2f} | "
+               f"{c.floor_mfu:.0%} | {verdict} |")
+  return out
+
+
 def tpu_layouts() -> list[tuple[str, str, str]]:
   """(experiment, size, slice) of every TPU layout: those the TPU compiler can check here."""
   return [(experiment, size, slice_name) for (experiment, size), known in LAYOUTS.items()
           for slice_name in known if hardware.chip(slice_name)[0].platform == "tpu"]
 
 
+def _tune(spec: str) -> None:
+  try:
+    experiment, size, slice_name = spec.split(":")
+  except ValueError:
+    raise SystemExit(f"--tune={spec!r}: write EXPERIMENT:SIZE:SLICE, e.g. "
+                     "v2_pretraining:small:v5p-128 (SIZE may be empty: babistories_v1::v5p-32).")
+  config = _config(experiment, size, slice_name)
+  _, devices = hardware.chip(slice_name)
+  for name in _MODELS.value or list(config.models):
+    candidates = tune(experiment, size, slice_name, name, budget=_BUDGET.value)
+    print(f"{experiment}:{size or '-'} on {slice_name}, model {name} (compiled at 1 and 2 "
+          f"blocks, extrapolated to {config.models[name].num_layers}; compiled, not run):")
+    print(TUNE_HEADER)
+    print("\n".join(tune_rows(candidates, config.data.batch_size, devices, _BUDGET.value)))
+    best = candidates[0]
+    if best.share > _BUDGET.value:
+      raise SystemExit(f"No candidate fits {_BUDGET.value:.0%} of HBM: use a larger slice.")
+    print(f"\nchosen: {best.layout}; its full-depth compile, to confirm:")
+    config = _candidate_config(experiment, size, slice_name, name, best.layout,
+                               config.models[name].num_layers)
+    print(COMPILED_HEADER)
+    print("\n".join(compiled_rows(experiment, size, slice_name, reports=[
+        _compile_one(config, slice_name, name)])), flush=True)
+
+
 def main(argv) -> None:
   del argv
+  if _TUNE.value:
+    _tune(_TUNE.value)
+    return
   if not _COMPILED.value:
     print(HEADER)
     for (experiment, size), known in LAYOUTS.items():
@@ -172,4 +305,10 @@ if __name__ == "__main__":
       "a CPU) and print the compiled table instead of the estimates.")
   _ONLY = flags.DEFINE_list("only", None, "With --compiled, only these EXPERIMENT:SIZE:SLICE "
                             "(e.g. v2_pretraining:small:v5p-128).")
+  _TUNE = flags.DEFINE_string(
+      "tune", None, "EXPERIMENT:SIZE:SLICE: compile every candidate layout (remat none / dots /"
+      " block, accumulation 1 to 8) at 1 and 2 blocks, pick the lowest step-time floor that "
+      "fits --budget of HBM, and confirm it at full depth.")
+  _MODELS = flags.DEFINE_list("models", None, "With --tune, these models (default all).")
+  _BUDGET = flags.DEFINE_float("budget", 0.85, "With --tune, the share of HBM a layout may use.")
   app.run(main)

@@ -88,3 +88,50 @@ def test_bad_pod_arguments_name_the_choices():
     registry.get_config("babistories_v1", "cpu,pod=h100x8")
   with pytest.raises(ValueError, match="paper-scale size"):
     registry.get_config("v2_pretraining", "cpu,pod=h100x8")
+
+
+def test_tune_extrapolates_from_two_depths_and_picks_the_lowest_floor_that_fits():
+  """``--tune``'s choice on v2 small, v5p-128, from compiles replaced by a cost model: memory
+  and bytes grow per block, recomputation costs FLOPs, accumulation costs HBM traffic."""
+  from mosaics_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  chip, devices = hardware.chip("v5p-128")
+  compiled = []
+  per_block = {"none": 30.0, "dots": 12.0, "block": 2.0}  # GiB of residuals per block
+  recompute = {"none": 1.0, "dots": 1.15, "block": 1.33}
+
+  def compile_model(config, slice_name, name):
+    section, accumulation = config.models[name], config.optimizer.accumulation_steps
+    depth, remat = section.num_layers, section.remat
+    compiled.append((depth, remat, accumulation))
+    if remat == "none" and accumulation == 1:
+      raise compile_lib.CompileError("v5p-128: Ran out of memory in memory space hbm")
+    memory = (3.0 + depth * per_block[remat] / accumulation) * GIB_
+    flops = depth * 1e15 * recompute[remat]
+    return compile_lib.Report(
+        model=name, parameters=1, kernels={}, memory=dict(total=memory), hbm=chip.memory,
+        estimate=1, flops=dict(total=flops, model=depth * 1e15), tokens=1, floors={},
+        bytes_accessed=depth * 1e12 * (1 + 0.2 * accumulation), roofline={}, top_ops={},
+        compile_seconds={}, decode=None)
+
+  GIB_ = layouts.GIB
+  candidates = layouts.tune("v2_pretraining", "small", "v5p-128", "mosaic",
+                            compile_model=compile_model)
+  config = registry.get_config("v2_pretraining", "small,pod=v5p-128")
+  layers = config.models.mosaic.num_layers
+  assert {depth for depth, _, _ in compiled} == {1, 2}
+  best = candidates[0]
+  # Extrapolated to the full depth: 3 GiB plus each block's residuals.
+  assert best.memory == pytest.approx((3.0 + layers * per_block[best.layout.remat] /
+                                       best.layout.accumulation) * GIB_)
+  fitting = [c for c in candidates if not c.error and c.share <= 0.85]
+  assert best in fitting and best.floor == min(c.floor for c in fitting)
+  assert all(c.share > 0.85 or c.error for c in candidates[len(fitting):])
+  failed = [c for c in candidates if c.error]
+  assert [c.layout.remat for c in failed] == ["none"] and "Ran out of memory" in failed[0].error
+  assert best.flops_ratio == pytest.approx(recompute[best.layout.remat])
+  assert best.floor_mfu == pytest.approx(layers * 1e15 / (best.floor * chip.peak_flops))
+  accumulations = {c.layout.accumulation for c in candidates}
+  assert accumulations <= {1, 2, 4, 8} and all(
+      config.data.batch_size % (devices * a) == 0 for a in accumulations)
+  rows = layouts.tune_rows(candidates, config.data.batch_size, devices, 0.85)
+  assert "**chosen**" in rows[0] and any("does not compile" in row for row in rows)
