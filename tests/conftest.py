@@ -45,3 +45,12 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # the command line
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax"))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Modules with slow tests first, each module's tests kept together (its module-scoped
+  fixtures are built once): pytest-xdist hands tests out in this order, so the two workers
+  share the long runs at the start instead of one of them finishing alone."""
+  del config
+  slow = {item.module for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.module not in slow)

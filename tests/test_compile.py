@@ -209,6 +209,7 @@ def test_flops_of_an_accumulated_step_count_every_micro_batch():
   assert abs(flops[2]["total"] / flops[1]["total"] - 1) < 0.01
 
 
+@pytest.mark.slow
 def test_a_scanned_stack_compiles_to_the_unrolled_memory_and_flops(experiment="v2_pretraining"):
   """Cost analysis counts the scanned block once; the report adds the other blocks (from the
   unrolled micro steps at depth 0 and 1): the FLOPs of the unrolled stack. With the

@@ -76,6 +76,7 @@ def _log_prob(run, context, continuation):
   return float(log_probs[positions, tokens[0, positions + 1]].sum())
 
 
+@pytest.mark.slow
 def test_tasks_match_our_forward_pass_and_a_mesh(setup):
   workdir, tasks, run = setup
   one, results = _evaluate(workdir, tasks)

@@ -89,6 +89,7 @@ def test_resume_continues_exactly(tmp_path):
       tmp_path / "split" / "mosaic")
 
 
+@pytest.mark.slow
 def test_resume_on_another_mesh(tmp_path):
   trainer.train_and_evaluate(tiny(**{"train.num_steps": 10}), str(tmp_path / "a"), mode="train")
   trainer.train_and_evaluate(tiny(**{"train.num_steps": 8}), str(tmp_path / "b"), mode="train")
