@@ -163,7 +163,8 @@ def _flops(computations, name: str) -> float:
 def _moved(instruction: _Instruction, shapes: dict[str, str], computations) -> float:
   """Bytes an op reads and writes. A slice read from a buffer (``dynamic-slice``) reads the
   slice, and an update written into one in place (``dynamic-update-slice``, how a loop
-  stacks its per-step outputs) writes the update: not the whole buffer, as XLA counts them."""
+  stacks its per-step outputs) writes the update, not the whole buffer (as XLA's cost
+  analysis counts them)."""
   operands = [_size(shapes.get(o, "")) for o in instruction.operands]
   if instruction.opcode.endswith("-start"):  # its result holds the operand beside the copy
     return 2.0 * sum(operands)
@@ -186,12 +187,16 @@ def _moved(instruction: _Instruction, shapes: dict[str, str], computations) -> f
       read += sum(_size(u.shape) for u, _ in users)
     elif not (users and all(u.opcode == "dynamic-update-slice" and pos == 0 for u, pos in users)):
       read += _size(parameter.shape)
+  def written(output: _Instruction | None) -> int:
+    if output is None:
+      return 0
+    if output.opcode == "dynamic-update-slice" and output.operands[1] in by_name:
+      return _size(by_name[output.operands[1]].shape)  # the update, in place
+    return _size(output.shape)
+
   root = next((i for i in fused if i.root), fused[-1])
   outputs = [by_name.get(o) for o in root.operands] if root.opcode == "tuple" else [root]
-  written = sum(_size(by_name.get(o.operands[1]).shape) if o is not None and
-                o.opcode == "dynamic-update-slice" and o.operands[1] in by_name else
-                (_size(o.shape) if o is not None else 0) for o in outputs)
-  return read + written
+  return read + sum(written(output) for output in outputs)
 
 
 def _source(attributes: str) -> str:
