@@ -117,19 +117,21 @@ _MOSAIC_CALL = re.compile(r"%(\S+) = .*custom_call_target=\"tpu_custom_call\"")
 
 def _kernel_flops(compiled, trace) -> float:
   """FLOPs of the Mosaic kernels in a compiled program. Each traced kernel call recorded its
-  passes' FLOPs (``kernels/splash.py``); the compiled module says how many times each pass
-  runs (a forward recomputed by remat appears twice), spread evenly over the traced calls."""
-  if not trace.kernel_flops:
-    return 0.0
-  runs = {"fwd": 0, "dq": 0, "dkv": 0}
-  for name in _MOSAIC_CALL.findall(compiled.as_text()):
-    for kind in ("dkv", "dq", "fwd"):
-      if f"_{kind}" in name:
-        runs[kind] += 1
-        break
-  calls = len(trace.kernel_flops)
-  return sum(runs[kind] / calls * sum(flops[kind] for flops in trace.kernel_flops)
-             for kind in runs)
+  passes' FLOPs (``kernels/splash.py``, ``kernels/pallas_slots.py``); the compiled module says
+  how many times each pass runs (a forward recomputed by remat appears twice), spread evenly
+  over the traced calls of the same kernels."""
+  names = _MOSAIC_CALL.findall(compiled.as_text())
+  total = 0.0
+  for prefix in {prefix for prefix, _ in trace.kernel_flops}:
+    calls = [flops for p, flops in trace.kernel_flops if p == prefix]
+    passes = sorted(calls[0], key=len, reverse=True)  # 'dkv' before 'dq'
+    runs = dict.fromkeys(passes, 0)
+    for name in (n for n in names if n.startswith(prefix)):
+      found = next((kind for kind in passes if f"_{kind}" in name), None)
+      if found:
+        runs[found] += 1
+    total += sum(runs[kind] / len(calls) * sum(flops[kind] for flops in calls) for kind in passes)
+  return total
 
 
 def _describe_mesh(mesh, devices) -> str:

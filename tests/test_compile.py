@@ -238,6 +238,30 @@ def test_a_scanned_stack_compiles_to_the_unrolled_memory_and_flops(experiment="v
   assert 1 <= scanned.top_ops["total_bytes"] / unrolled.top_ops["total_bytes"] < 1.4
 
 
+def test_v1s_slot_read_kernel_compiles_for_a_slice_with_its_dropout():
+  """``persistent_implementation='pallas'`` on 4 chips (batch over data, heads over tensor),
+  the recipe's slot dropout on: the kernels compile with the Mosaic call, and the report
+  counts their FLOPs (2 matmuls forward, 5 backward, per layer) beside splash's."""
+  devices = tpu_devices("v5e:2x2")
+  chip = hardware.chip("v5litepod-4")[0]
+  kernels = {}
+  for implementation in ("recompute", "pallas"):
+    config = tiny_config("quickstart", (2, 1, 2))
+    with config.unlocked():
+      config.models.mosaic.update(persistent_implementation=implementation,
+                                  persistent_dropout=0.05)  # the v1 recipe's
+    mesh = sharding.make_mesh(config.mesh, devices)
+    report = compile_lib.compile_model(config, "mosaic", mesh, chip, "test", decode=False)
+    assert list(report.kernels["slot read"]) == [implementation]
+    kernels[implementation] = report.flops["kernels"]
+  section = registry.get_config("quickstart", "tiny").models.mosaic
+  rows, heads = 8 // 2, section.num_heads // 2  # per device
+  slots = -(-section.persistent_slots // 128) * 128  # padded to whole lanes
+  per_matmul = 2.0 * rows * heads * 128 * slots * (section.embed_dim // section.num_heads)
+  assert kernels["pallas"] - kernels["recompute"] == pytest.approx(
+      section.num_layers * 7 * per_matmul)
+
+
 def test_a_layout_that_does_not_fit_fails_with_the_fix():
   """Over the chip's HBM the TPU compiler itself refuses; over 90% of it, our budget does."""
   tpu_devices("v5e:2x2")

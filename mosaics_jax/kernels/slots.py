@@ -18,6 +18,8 @@ Implementations (``implementation=``):
   * ``"blockwise"``: the reference in blocks of 128 tokens with a custom VJP that recomputes
     each block: one block's probabilities alive at a time, O(T) memory. Supports dropout (the
     key folded per block).
+  * ``"pallas"``: one Pallas kernel per pass (``kernels/pallas_slots.py``) that keeps the
+    probabilities in the TPU's VMEM, dropout applied in the kernel; interpret mode off TPU.
   * ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention`` with the slots as a key/value
     sequence broadcast over the batch, the P memories as extra heads. cuDNN runs it as flash
     attention (bf16/fp16, head size <= 128), which keeps O(T) softmax statistics. No dropout.
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 
 from mosaics_jax.kernels import retrieval, target
 
-IMPLEMENTATIONS = ("reference", "recompute", "blockwise", "xla", "cudnn")
+IMPLEMENTATIONS = ("reference", "recompute", "blockwise", "pallas", "xla", "cudnn")
 
 
 def read_slots_reference(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array,
@@ -209,6 +211,12 @@ def read_slots(queries: jax.Array, slot_keys: jax.Array, slot_values: jax.Array,
   target.record("slot read", impl, f"{slot_keys.shape[0]} x {slot_keys.shape[2]} slots per head")
   if impl in ("xla", "cudnn"):
     return read_slots_fused(queries, slot_keys, slot_values, impl)
+  if impl == "pallas":
+    # Imported here: kernels/pallas_slots.py needs Pallas's TPU module.
+    from mosaics_jax.kernels import pallas_slots  # pylint: disable=import-outside-toplevel
+    compute = target.splash_dtype(queries.dtype) or queries.dtype  # f32 where Mosaic needs it
+    return pallas_slots.read_slots(queries.astype(compute), slot_keys, slot_values,
+                                   dropout_rng, dropout_rate)
   read = {"reference": read_slots_reference, "recompute": read_slots_recompute,
           "blockwise": read_slots_blockwise}[impl]
   return read(queries, slot_keys, slot_values, dropout_rng, dropout_rate)

@@ -93,7 +93,7 @@ def causal_attention(queries, keys, values, *, reach: int | None = None,
 
   def on_shard(q, k, v, q_ids, kv_ids):
     kernel = _kernel(length, q.shape[2], reach, interpret)
-    target.record_kernel_flops(kernel_flops(q.shape, reach))
+    target.record_kernel_flops("splash_mha", kernel_flops(q.shape, reach))
     by_head = lambda x: jnp.swapaxes(x, 1, 2)  # (B, T, H, D) <-> (B, H, T, D)
     q, k, v = by_head(q), by_head(k), by_head(v)
     if q_ids is None:

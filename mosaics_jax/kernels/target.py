@@ -171,9 +171,10 @@ class Trace:
 
   # op ('retrieval', 'slot read') -> implementation -> descriptions of the calls
   choices: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
-  # one entry per traced Mosaic kernel call: FLOPs per device of each of its kernels
-  # ('fwd', 'dq', 'dkv'), which XLA's cost analysis does not see
-  kernel_flops: list[dict[str, float]] = dataclasses.field(default_factory=list)
+  # one entry per traced Mosaic kernel call: its kernels' name prefix ('splash_mha',
+  # 'slot_read') and the FLOPs per device of each of its passes ('fwd', 'dq', 'dkv'; 'fwd',
+  # 'bwd'), which XLA's cost analysis does not see
+  kernel_flops: list[tuple[str, dict[str, float]]] = dataclasses.field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -195,8 +196,9 @@ def record(op: str, implementation: str, detail: str) -> None:
       details.append(detail)
 
 
-def record_kernel_flops(flops: dict[str, float]) -> None:
-  """Note the FLOPs of one Mosaic kernel call (a no-op unless ``recording()``)."""
+def record_kernel_flops(prefix: str, flops: dict[str, float]) -> None:
+  """Note the FLOPs of one call of the Mosaic kernels named ``prefix``_PASS, per pass (a
+  no-op unless ``recording()``)."""
   trace = getattr(_LOCAL, "trace", None)
   if trace is not None:
-    trace.kernel_flops.append(flops)
+    trace.kernel_flops.append((prefix, flops))

@@ -102,7 +102,8 @@ class MosaicConfig:
   # Numerics: params are float32; dtype is the matmul dtype (None: bf16 on GPU/TPU).
   dtype: str | None = None
   retrieval_implementation: str | None = None
-  # v1 slot read (kernels/slots.py): None (automatic), reference, recompute, xla or cudnn.
+  # v1 slot read (kernels/slots.py): None (automatic), reference, recompute, blockwise, pallas,
+  # xla or cudnn.
   persistent_implementation: str | None = None
   remat: str = "none"  # what backward recomputes: "none", "dots" or "block" (REMATS)
   scan_layers: bool = False  # one scanned block for the stack (models/stack.py)

@@ -114,8 +114,8 @@ def test_recording_names_each_choice_and_counts_kernel_flops():
   # A 256-long window reaching 38 pairs back, in one 256 block: one block per head, computed
   # whole: 2 * B * H * 256^2 * D per matmul, 2 forward, 3 + 4 backward.
   per_matmul = 2 * 2 * H * 256 * 256 * D
-  assert trace.kernel_flops == [{"fwd": 2 * per_matmul, "dq": 3 * per_matmul,
-                                 "dkv": 4 * per_matmul}]
+  assert trace.kernel_flops == [("splash_mha", {"fwd": 2 * per_matmul, "dq": 3 * per_matmul,
+                                                "dkv": 4 * per_matmul})]
   assert splash.computed_blocks(4096, None) == 36  # causal, 8 x 8 blocks of 512: the triangle
   assert splash.computed_blocks(4096, 254) == 15  # v2's short-term window: diagonal + 1 below
 
