@@ -126,7 +126,7 @@ def run_official(args) -> dict:
       block_size=args.seq_len, ic_dropout=0.0, hd_dropout=0.0, pmem_size=size["slots"],
       config=types.SimpleNamespace(skip_tokens=0))
   model.train()
-  if args.weights:
+  if args.weights and not os.path.exists(args.weights):  # the first run of a shape writes them
     np.savez(args.weights, **{name: value.detach().numpy()
                               for name, value in model.state_dict().items()})
   data = torch.from_numpy(tokens(args.batch, args.seq_len, args.vocab))

@@ -11,8 +11,8 @@ it, in simplified form:
     ``dynamic-slice`` reads and the update that a ``dynamic-update-slice`` writes in place;
   * FLOPs: 2 M N K for each matmul (per output element, twice the contracted size), one per
     output element of each arithmetic op (transcendentals apart, as XLA counts them), one per
-    input element of a reduction, summed over the fused computation; a custom call (a Mosaic kernel) counts none here (the compile
-    report counts kernels from their block masks);
+    input element of a reduction, summed over the fused computation; a custom call (a Mosaic
+    kernel) counts none here (the compile report counts kernels from their block masks);
   * an op inside a ``while`` loop (gradient accumulation, scanned blocks, ``lax.map``) counts
     as many times as the loop's known trip count (1 where XLA does not know it).
 
@@ -187,6 +187,7 @@ def _moved(instruction: _Instruction, shapes: dict[str, str], computations) -> f
       read += sum(_size(u.shape) for u, _ in users)
     elif not (users and all(u.opcode == "dynamic-update-slice" and pos == 0 for u, pos in users)):
       read += _size(parameter.shape)
+
   def written(output: _Instruction | None) -> int:
     if output is None:
       return 0
@@ -260,23 +261,20 @@ def costs(text: str) -> list[OpCost]:
 
 def top(ops: list[OpCost], by: str, count: int = 5) -> list[OpCost]:
   """The ``count`` ops with the most total ``by`` ('bytes' or 'flops')."""
-  key = (lambda op: op.total_bytes) if by == "bytes" else (lambda op: op.total_flops)
-  return sorted(ops, key=key, reverse=True)[:count]
+  return sorted(ops, key=lambda op: getattr(op, f"total_{by}"), reverse=True)[:count]
 
 
 def summary(text: str, count: int = 5) -> dict:
   """The top ``count`` ops by bytes and by FLOPs of a compiled module, as plain dicts (for a
   report's JSON), with the totals over every op (loops multiplied out)."""
   ops = costs(text)
-  total_bytes, total_flops = sum(o.total_bytes for o in ops), sum(o.total_flops for o in ops)
+  totals = {by: sum(getattr(o, f"total_{by}") for o in ops) for by in ("bytes", "flops")}
 
   def rows(by):
     return [dict(name=o.name, kind=o.kind, source=o.source, count=o.count,
                  bytes=o.total_bytes, flops=o.total_flops,
-                 share=(o.total_bytes / total_bytes if by == "bytes" else
-                        o.total_flops / total_flops) if (total_bytes if by == "bytes" else
-                                                         total_flops) else 0.0)
+                 share=getattr(o, f"total_{by}") / totals[by] if totals[by] else 0.0)
             for o in top(ops, by, count)]
 
-  return dict(bytes=rows("bytes"), flops=rows("flops"), total_bytes=total_bytes,
-              total_flops=total_flops)
+  return dict(bytes=rows("bytes"), flops=rows("flops"), total_bytes=totals["bytes"],
+              total_flops=totals["flops"])

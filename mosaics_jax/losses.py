@@ -39,7 +39,7 @@ def chunked_token_losses(hidden: jax.Array, weight: jax.Array, targets: jax.Arra
   rather than the batch's; the price is the output layer's matmul once more in the backward
   pass. Returns (B, T) float32.
   """
-  batch, length, width = hidden.shape
+  batch, length = hidden.shape[:2]
   chunk = min(chunk, length)
   count = -(-length // chunk)
   pad = count * chunk - length

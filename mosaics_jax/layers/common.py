@@ -162,7 +162,8 @@ def lm_logits(x: jax.Array, config, embed: nn.Embed, *, init: Initializer, dtype
     if head is None:
       weight = embed.embedding.T
     else:
-      head(x[:, :1])  # creates the kernel at initialisation
+      if head.is_initializing():
+        head(x[:, :1])  # creates the kernel
       weight = nn.unbox(head.variables["params"]["kernel"])
     dtype = dtype or weight.dtype
     return losses.chunked_token_losses(x.astype(dtype), weight.astype(dtype), targets, scale,

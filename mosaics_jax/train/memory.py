@@ -132,14 +132,14 @@ def training_memory(config, name: str, device_count: int, dtype: str = "bfloat16
 
 
 def _as_on_accelerators(model_config):
-  """The model with its automatic retrieval traced on XLA's path, as an accelerator without a
-  fused kernel runs it: its T x T weights are then reported apart (``retrieval_weights``),
-  and the fused kernels' O(T) statistics stand in for them. A CPU host would take the
-  blockwise path (``kernels/retrieval.py``), whose residuals are neither. With weight dropout
-  the automatic choice is the reference everywhere, and stays."""
+  """The model with its automatic kernels traced as an accelerator without a fused kernel
+  runs them. Retrieval on XLA's path: its T x T weights are then reported apart
+  (``retrieval_weights``), and the fused kernels' O(T) statistics stand in for them (a CPU
+  host would take the blockwise path, whose residuals are neither; with weight dropout the
+  automatic choice is the reference everywhere, and stays). v1's slot read recomputing its
+  probabilities, as a TPU does (a CPU host would read it blockwise)."""
   if (isinstance(model_config, models.MosaicConfig) and model_config.version == 1 and
       model_config.persistent_implementation is None and jax.default_backend() == "cpu"):
-    # A CPU host reads the slots blockwise; an accelerator without cuDNN recomputes them.
     model_config = dataclasses.replace(model_config, persistent_implementation="recompute")
   dropout = max(getattr(model_config, "context_dropout", 0.0),
                 getattr(model_config, "attention_dropout", 0.0))
