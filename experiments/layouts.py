@@ -192,9 +192,10 @@ def _evaluate(experiment, size, slice_name, name, layout, layers, compile_model)
   at_depth = lambda f: f(one) + (layers - 1) * (f(two) - f(one))
   memory = at_depth(lambda r: r.memory["total"])
   flops, ours = at_depth(lambda r: r.flops["total"]), at_depth(lambda r: r.flops["model"])
-  compute, hbm = flops / chip.peak_flops, at_depth(lambda r: r.bytes_accessed) / chip.hbm_bandwidth
-  return Candidate(layout, memory, memory / chip.memory, compute, hbm, flops / max(ours, 1.0),
-                   ours / max(max(compute, hbm) * chip.peak_flops, 1.0))
+  floors, line = compile_lib.roofline(chip, flops, at_depth(lambda r: r.bytes_accessed), ours,
+                                      one.tokens)
+  return Candidate(layout, memory, memory / chip.memory, floors["compute_seconds"],
+                   floors["memory_seconds"], flops / max(ours, 1.0), line["floor_mfu"])
 
 
 def _compile_one(config, slice_name: str, name: str):

@@ -246,22 +246,31 @@ def compile_model(config, name: str, mesh, chip, label: str, decode: bool = True
   fused = not {"xla", "reference"} & set(trace.choices.get("retrieval", {}))
   tokens = batch * length // devices
   total = xla + kernels
-  floors = dict(compute_seconds=total / chip.peak_flops,
-                memory_seconds=accessed / chip.hbm_bandwidth)
-  floors["tokens_per_second"] = tokens / max(max(floors.values()), 1e-12)
-  floor = max(floors["compute_seconds"], floors["memory_seconds"])
-  roofline = dict(flops_per_token=total / tokens, bytes_per_token=accessed / tokens,
-                  intensity=total / max(accessed, 1.0),
-                  ridge=chip.peak_flops / chip.hbm_bandwidth,
-                  floor_mfu=program.flops_per_token * tokens / max(floor * chip.peak_flops, 1.0))
-  roofline["bound"] = "memory" if roofline["intensity"] < roofline["ridge"] else "compute"
+  floors, line = roofline(chip, total, accessed, program.flops_per_token * tokens, tokens)
   return Report(
       model=name, parameters=program.parameters, kernels=trace.choices, memory=_memory(step),
       hbm=chip.memory, estimate=used.total(fused=fused),
       flops=dict(xla=xla, kernels=kernels, total=total,
                  model=program.flops_per_token * tokens),
-      bytes_accessed=accessed, tokens=tokens, floors=floors, roofline=roofline,
+      bytes_accessed=accessed, tokens=tokens, floors=floors, roofline=line,
       top_ops=hlo_costs.summary(step.as_text()), compile_seconds=seconds, decode=decoded)
+
+
+def roofline(chip, flops: float, accessed: float, model_flops: float,
+             tokens: int) -> tuple[dict, dict]:
+  """The step-time floors of a compiled step (its FLOPs over the chip's peak, its bytes over
+  the HBM bandwidth) and its roofline: per-token cost, arithmetic intensity against the
+  ridge point, and the floor-bound MFU (``model_flops`` over the larger floor times the peak).
+  One formula for the compile report and ``experiments.layouts --tune``."""
+  floors = dict(compute_seconds=flops / chip.peak_flops,
+                memory_seconds=accessed / chip.hbm_bandwidth)
+  floor = max(floors.values())
+  floors["tokens_per_second"] = tokens / max(floor, 1e-12)
+  line = dict(flops_per_token=flops / tokens, bytes_per_token=accessed / tokens,
+              intensity=flops / max(accessed, 1.0), ridge=chip.peak_flops / chip.hbm_bandwidth,
+              floor_mfu=model_flops / max(floor * chip.peak_flops, 1.0))
+  line["bound"] = "memory" if line["intensity"] < line["ridge"] else "compute"
+  return floors, line
 
 
 def compile_config(config, slice_name: str, names=None, label: str = "",

@@ -230,8 +230,10 @@ def build_program(name: str, section, config, vocab_size: int, mesh) -> Program:
 
 
 def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
-                mode: str, preemption: Preemption) -> RunResult:
-  """Train and/or evaluate one model of the experiment in ``run_dir`` (an ``epath.Path``)."""
+                mode: str, preemption: Preemption, evaluators=()) -> RunResult:
+  """Train and/or evaluate one model of the experiment in ``run_dir`` (an ``epath.Path``);
+  ``evaluators``: the parsed ``config.train.evaluators``, of which the in-process ones run
+  here."""
   program = build_program(name, section, config, data.vocab_size, mesh)
   checkpoint.check_model_config(run_dir, models.config_to_dict(program.model_config))
   checkpoints = checkpoint.Checkpoints(run_dir / "checkpoints",
@@ -282,7 +284,7 @@ def train_model(name: str, section, config, data: data_lib.Data, mesh, run_dir,
 
   result.validation_loss = evaluate(program.eval_step, state.params, data.evaluation, mesh)
   log(f"[{name}] validation loss {result.validation_loss:.4f} at step {result.step}")
-  for evaluator, _ in evaluate_lib.parse_evaluators(config.train.evaluators):
+  for evaluator, _ in evaluators:
     if evaluator in evaluate_lib.EVALUATORS:  # the commands run after, from the checkpoint
       found = evaluate_lib.evaluator(evaluator)(program.model, state.params, data, config)
       result.metrics.update(found)
@@ -416,7 +418,7 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
   for name in names:
     optimizer_config(name, config)  # unknown fields fail before any data is built
   try:
-    evaluate_lib.parse_evaluators(config.train.evaluators)
+    evaluators = evaluate_lib.parse_evaluators(config.train.evaluators)
   except ValueError as error:
     raise ConfigError(str(error)) from error
   wandb_logger.require_wandb(config.train.wandb_project)
@@ -435,11 +437,11 @@ def train_and_evaluate(config, workdir, mode: str = "train_and_eval") -> dict[st
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
       for name in names:
         results[name] = train_model(name, config.models[name], config, data, mesh,
-                                    workdir / name, mode, preemption)
+                                    workdir / name, mode, preemption, evaluators)
         if results[name].preempted:
           return results
     if mode != "train":  # evaluation commands: each restores its model onto the mesh itself
-      for evaluator, args in evaluate_lib.parse_evaluators(config.train.evaluators):
+      for evaluator, args in evaluators:
         if evaluator in evaluate_lib.COMMANDS:
           for name in names:
             found = evaluate_lib.after_training(evaluator, args, workdir / name, mesh)
