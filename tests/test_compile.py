@@ -136,7 +136,7 @@ def run_compile(*args):
 ])
 def test_the_quickstart_compiles_for_every_tpu_generation(pod, devices, splash):
   """Failed before: v2/v3 rejected bf16 splash ("Unsupported matmul RHS type"), and v4 and
-  single-chip slices had no topology."""
+  single-chip slices had no topology. The slot read takes its Pallas kernel on each."""
   topology, options = hardware.tpu_topology(pod)
   assert len(tpu_devices(topology, **options)) == devices
   config = tiny_config("quickstart", (-1, 1, 1))  # dtype None: bf16 on a TPU
@@ -144,6 +144,7 @@ def test_the_quickstart_compiles_for_every_tpu_generation(pod, devices, splash):
     config.models.mosaic.num_layers = 1  # the kernel choice needs one block
   where, (report,) = compile_lib.compile_config(config, pod, ["mosaic"], "test", decode=False)
   assert report.kernels["retrieval"] == {"splash": [splash]}
+  assert report.kernels["slot read"] == {"pallas": ["1 x 224 slots per head"]}
   assert where.startswith(f"{pod} ({topology}: ") and "retrieval by splash" in where
 
 
@@ -158,7 +159,7 @@ def test_the_command_reports_kernels_memory_and_flops_as_json():
   assert report["wall_seconds"] > 0 and 2 ** 28 < report["peak_host_memory"] < 2 ** 36
   (mosaic,) = report["reports"]
   assert mosaic["kernels"]["retrieval"] == {"splash": ["T 128, skip 1"]}
-  assert mosaic["kernels"]["slot read"] == {"recompute": ["1 x 224 slots per head"]}
+  assert mosaic["kernels"]["slot read"] == {"pallas": ["1 x 224 slots per head"]}
   memory = mosaic["memory"]
   assert memory["total"] == (memory["arguments"] + memory["outputs"] - memory["aliased"] +
                              memory["temporaries"] + memory["code"]) > 0

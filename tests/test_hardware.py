@@ -93,6 +93,8 @@ def test_splash_on_every_tpu_generation_in_a_dtype_it_compiles(monkeypatch, kind
   assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=256) == "splash"
   assert retrieval.resolve_implementation(None, jnp.bfloat16, 64, length=100) == "xla"
   assert target.splash_dtype(jnp.bfloat16) == computes_in
+  for dropout in (False, True):  # the v1 recipe's slot dropout runs in the kernel
+    assert slots.resolve_implementation(None, jnp.bfloat16, 64, dropout_active=dropout) == "pallas"
   assert target.splash_dtype(jnp.float32) == jnp.float32
   assert ("float32" in target.summary()) == (computes_in == jnp.float32)
 

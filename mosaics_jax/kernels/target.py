@@ -16,8 +16,9 @@ nowhere else; the kernels ask ``splash_dtype`` and ``cudnn_flash``:
   ==========================  =====================================  =========================
   target                      retrieval (automatic)                  persistent slot read
   ==========================  =====================================  =========================
-  TPU v4, v5e, v5p, v6e       splash, in the model's dtype           XLA (recomputing)
-  TPU v2, v3                  splash in float32 (Mosaic has no bf16  XLA (recomputing)
+  TPU v4, v5e, v5p, v6e       splash, in the model's dtype           Pallas (probabilities in
+                                                                     VMEM, dropout in-kernel)
+  TPU v2, v3                  splash in float32 (Mosaic has no bf16  Pallas, in float32
                               matmul there: inputs cast, output back)
   GPU sm80+ (A100, A10, L4,   cuDNN flash attention (bf16 / fp16)    cuDNN (bf16 / fp16)
   H100, H200, B200)

@@ -136,10 +136,11 @@ def _as_on_accelerators(model_config):
   runs them. Retrieval on XLA's path: its T x T weights are then reported apart
   (``retrieval_weights``), and the fused kernels' O(T) statistics stand in for them (a CPU
   host would take the blockwise path, whose residuals are neither; with weight dropout the
-  automatic choice is the reference everywhere, and stays). v1's slot read recomputing its
-  probabilities, as a TPU does (a CPU host would read it blockwise)."""
+  automatic choice is the reference everywhere, and stays). v1's automatic slot read as the
+  recomputing one, whatever the host: what a GPU without cuDNN keeps, an upper bound for a
+  TPU's Pallas kernel and cuDNN (their per-row statistics are smaller still)."""
   if (isinstance(model_config, models.MosaicConfig) and model_config.version == 1 and
-      model_config.persistent_implementation is None and jax.default_backend() == "cpu"):
+      model_config.persistent_implementation is None):
     model_config = dataclasses.replace(model_config, persistent_implementation="recompute")
   dropout = max(getattr(model_config, "context_dropout", 0.0),
                 getattr(model_config, "attention_dropout", 0.0))
