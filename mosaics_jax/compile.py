@@ -342,6 +342,11 @@ def _top_lines(top_ops: dict) -> list[str]:
       runs = f" x{op['count']}" if op["count"] > 1 else ""
       lines.append(f"    {_scaled(op[by], unit)} ({op['share']:.0%}) {op['kind']} "
                    f"{op['name']}{runs}: {op['source'] or '-'}")
+    parts = top_ops.get("parts", {}).get(by, {})
+    if parts:
+      total = max(sum(parts.values()), 1.0)
+      lines.append("    by part of the model: " + ", ".join(
+          f"{name} {value / total:.0%}" for name, value in parts.items() if value / total >= 0.01))
   return lines
 
 

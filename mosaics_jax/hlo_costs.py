@@ -47,6 +47,7 @@ class OpCost:
   name: str  # the HLO instruction
   kind: str  # opcode, with a fusion's kind or a custom call's target
   source: str  # the JAX operation it came from (op_name metadata), shortened
+  part: str  # the part of the model it belongs to (``part``)
   bytes: float  # per run
   flops: float  # per run
   count: int
@@ -200,12 +201,29 @@ def _moved(instruction: _Instruction, shapes: dict[str, str], computations) -> f
   return read + sum(written(output) for output in outputs)
 
 
-def _source(attributes: str) -> str:
+def _op_name(attributes: str) -> str:
   found = re.search(r'op_name="([^"]*)"', attributes)
-  if not found:
-    return ""
-  parts = [p for p in found.group(1).split("/") if p]
+  return found.group(1) if found else ""
+
+
+def _source(attributes: str) -> str:
+  parts = [p for p in _op_name(attributes).split("/") if p]
   return "/".join(parts[-4:])
+
+
+def part(op_name: str) -> str:
+  """The part of the model an op comes from, from its JAX name: 'block/NAME' for module NAME
+  of any block (``block_3/persistent/...``; the blocks are identical, so they are summed),
+  'embedding' for the token embedding and its tied head, else 'outside blocks' (the loss, the
+  optimizer, the head's softmax)."""
+  parts = [p for p in op_name.split("/") if p]
+  for index, name in enumerate(parts):
+    if re.fullmatch(r"blocks?(_\d+)?", name):
+      inner = parts[index + 1] if index + 1 < len(parts) else ""
+      return f"block/{inner}" if re.fullmatch(r"[A-Za-z_]\w*", inner) else "block"
+  if any(name.startswith("token_embed") for name in parts):
+    return "embedding"
+  return "outside blocks"
 
 
 def _trips(computations, attributes: str) -> int:
@@ -253,7 +271,8 @@ def costs(text: str) -> list[OpCost]:
       flops = 0.0 if opcode == "custom-call" else _instruction_flops(instruction, shapes,
                                                                       computations)
       ops.append(OpCost(instruction.name, kind, _source(attributes),
-                        _moved(instruction, shapes, computations), flops, count))
+                        part(_op_name(attributes)), _moved(instruction, shapes, computations),
+                        flops, count))
 
   walk(entry, 1)
   return ops
@@ -264,9 +283,18 @@ def top(ops: list[OpCost], by: str, count: int = 5) -> list[OpCost]:
   return sorted(ops, key=lambda op: getattr(op, f"total_{by}"), reverse=True)[:count]
 
 
+def by_part(ops: list[OpCost], by: str) -> dict[str, float]:
+  """Total ``by`` ('bytes' or 'flops') of each part of the model (``part``), largest first."""
+  totals: dict[str, float] = {}
+  for op in ops:
+    totals[op.part] = totals.get(op.part, 0.0) + getattr(op, f"total_{by}")
+  return dict(sorted(totals.items(), key=lambda item: item[1], reverse=True))
+
+
 def summary(text: str, count: int = 5) -> dict:
   """The top ``count`` ops by bytes and by FLOPs of a compiled module, as plain dicts (for a
-  report's JSON), with the totals over every op (loops multiplied out)."""
+  report's JSON), with the totals over every op (loops multiplied out) and per part of the
+  model (``parts``: bytes and FLOPs of each, largest first)."""
   ops = costs(text)
   totals = {by: sum(getattr(o, f"total_{by}") for o in ops) for by in ("bytes", "flops")}
 
@@ -277,4 +305,5 @@ def summary(text: str, count: int = 5) -> dict:
             for o in top(ops, by, count)]
 
   return dict(bytes=rows("bytes"), flops=rows("flops"), total_bytes=totals["bytes"],
-              total_flops=totals["flops"])
+              total_flops=totals["flops"],
+              parts={by: by_part(ops, by) for by in ("bytes", "flops")})

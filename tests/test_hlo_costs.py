@@ -55,6 +55,12 @@ def test_a_models_gradient_matches_the_compilers_totals():
   top = hlo_costs.top(ops, "flops", 3)
   assert all("token_embed.attend" in op.source for op in top)
   np.testing.assert_allclose([op.flops for op in top], 2 * 256 * 64 * 512)
+  # By part of the model: both blocks' memories summed, the tied head apart, nothing lost.
+  parts = hlo_costs.by_part(ops, "flops")
+  assert {"block/context", "block/persistent", "embedding", "outside blocks"} <= set(parts)
+  assert sum(parts.values()) == pytest.approx(sum(op.flops for op in ops))
+  assert parts["embedding"] == pytest.approx(3 * 2 * 256 * 64 * 512, rel=0.01)
+  assert list(hlo_costs.by_part(ops, "bytes"))[0] == "block/context"  # T x T weights
 
 
 # A TPU's loops print no trip count (their condition i < N does) and its matmuls are

@@ -8,7 +8,9 @@ Command, training then accuracy against shots:
         --run=/tmp/icl:transformer --run=/tmp/icl:transformer_long_short \
         --shots=1,2,4,8,12 --episodes=200 --output=/tmp/icl/icl_classification
 With ``:cpu``, evaluate ``--shots=1,2,3,4 --episodes=32``. Arguments: none (one GPU), ``cpu``
-(minutes on 2 CPU cores), ``tiny`` (seconds, for the tests).
+(minutes on 2 CPU cores), ``tiny`` (seconds, for the tests); ``classes=K`` and ``steps=S``
+change the task's number of classes and the training length (``cpu,classes=4,steps=2000``: a
+smaller task, trained long enough for in-context labels to have a chance).
 
 The task (``mosaics_jax/data/icl_classification.py``): K classes, each a prototype of
 characteristic words; an example is a few of its class's words, some replaced by noise words.
@@ -48,7 +50,7 @@ from mosaics_jax.train.config import base_config, model_section, parse_arg, scal
 
 
 def get_config(arg: str = ""):
-  args = parse_arg(arg, ("cpu", "tiny"), "icl_classification")
+  args = parse_arg(arg, ("cpu", "tiny", "classes", "steps"), "icl_classification")
   cpu, tiny = args.get("cpu", False), args.get("tiny", False)
   if cpu and tiny:
     raise ValueError(f"icl_classification takes 'cpu', 'tiny' or nothing, got {arg!r}.")
@@ -88,8 +90,9 @@ def get_config(arg: str = ""):
     mosaic, llama = dict(ffn_hidden_dim=64), dict(mlp_hidden_dim=64)
     config.optimizer.warmup_steps = 2
     config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 4
+  config.data.icl.classes = args.get("classes", config.data.icl.classes)
   config.data.seq_len = context
-  config.train.num_steps = steps
+  config.train.num_steps = args.get("steps", steps)
   size.update(context_length=context, **scaled_v2_memories(context))
   config.models.mosaic = model_section("mosaic_v2_gpt2_small", **size, **mosaic)
   config.models.transformer = model_section("llama_gpt2_small", **size, **llama)
