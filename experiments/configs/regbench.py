@@ -35,9 +35,9 @@ for its 800 steps; measured 2026-12-07 (``n=100``, released lr and weight decay)
 accuracy 0.896, TVD 0.556, entropy 2.29 nats, validation loss 1.667; the transformer, 5-7 s
 a step, 1 h 28 min (2026-12-08): test accuracy 0.369, TVD 0.743, validation loss rising from
 2.469 at step 200 to 3.686 at 800 (it memorises the training automata; docs/results.md).
-``cpu`` (test accuracy / TVD at N = 100, 500, 1000): Memory Mosaic 0.885 / 0.792, 0.902 / 0.790, 0.907 / 0.792;
-transformer 0.493 / 0.683, 0.518 / 0.677, 0.531 / 0.681 (the accuracies near the paper's, the
-TVDs far above them at this budget).
+``cpu`` (test accuracy / TVD at N = 100, 500, 1000): Memory Mosaic 0.885 / 0.792, 0.902 /
+0.790, 0.907 / 0.792; transformer 0.493 / 0.683, 0.518 / 0.677, 0.531 / 0.681 (the accuracies
+near the paper's, the TVDs far above them at this budget).
 """
 
 import itertools
