@@ -206,8 +206,9 @@ def _op_name(attributes: str) -> str:
   return found.group(1) if found else ""
 
 
-def _source(attributes: str) -> str:
-  parts = [p for p in _op_name(attributes).split("/") if p]
+def _source(op_name: str) -> str:
+  """The last four components of an op's JAX name."""
+  parts = [p for p in op_name.split("/") if p]
   return "/".join(parts[-4:])
 
 
@@ -270,9 +271,9 @@ def costs(text: str) -> list[OpCost]:
         kind = f"custom-call ({found.group(1)})" if found else opcode
       flops = 0.0 if opcode == "custom-call" else _instruction_flops(instruction, shapes,
                                                                       computations)
-      ops.append(OpCost(instruction.name, kind, _source(attributes),
-                        part(_op_name(attributes)), _moved(instruction, shapes, computations),
-                        flops, count))
+      op_name = _op_name(attributes)
+      ops.append(OpCost(instruction.name, kind, _source(op_name), part(op_name),
+                        _moved(instruction, shapes, computations), flops, count))
 
   walk(entry, 1)
   return ops

@@ -177,15 +177,17 @@ def resolve_implementation(implementation: str | None, dtype, head_dim: int,
                      f"{IMPLEMENTATIONS} or None (automatic).")
   if dropout_active and implementation in ("xla", "cudnn"):
     raise ValueError(
-        f"Dropout on the persistent-memory probabilities runs in 'reference' or 'recompute', "
-        f"not {implementation!r}: set persistent_dropout=0 or choose one of those.")
+        f"Dropout on the persistent-memory probabilities runs in 'reference', 'recompute', "
+        f"'blockwise' or 'pallas', not {implementation!r}: set persistent_dropout=0 or choose "
+        "one of those.")
   if implementation is not None:
     return implementation
   if not dropout_active and retrieval.cudnn_supports(dtype, head_dim):
     return "cudnn"
-  if target.platform() == "cpu":  # a quarter of the memory at about the same speed (above)
+  platform = target.platform()
+  if platform == "cpu":  # a quarter of the memory at about the same speed (above)
     return "blockwise"
-  if target.platform() == "tpu":  # probabilities kept in VMEM: 46% fewer HBM bytes a block
+  if platform == "tpu":  # probabilities kept in VMEM: 46% fewer HBM bytes a block
     return "pallas"
   return "recompute"
 
